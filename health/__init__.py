@@ -1,0 +1,1 @@
+"""Health: grpc.health.v1 serving, graceful drain, and endpoint health checking."""

@@ -1,0 +1,1 @@
+"""The meshkit sidecar process: config, inbound and outbound proxying, admin, drain."""

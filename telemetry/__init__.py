@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics and OpenTelemetry traces for gRPC clients and servers."""
