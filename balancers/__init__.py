@@ -18,8 +18,13 @@ from balancers._base import (
     SubchannelState,
     aggregate,
 )
+from balancers._registry import ENTRY_POINT_GROUP, get, policy_names, register
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
+    "get",
+    "policy_names",
+    "register",
     "Balancer",
     "BalancerBuilder",
     "BalancerController",
