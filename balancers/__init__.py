@@ -1,6 +1,17 @@
-"""Load balancing above the transport: subchannels, pickers, and balanced channels."""
+"""Load balancing above the transport: subchannels, pickers, and balanced channels.
+
+``balancers.insecure_channel(target)`` is a sync ``grpc.Channel``;
+``balancers.aio.insecure_channel(target)`` a ``grpc.aio.Channel``. Policies register by name
+(``round_robin``, the default, and ``pick_first`` are built in); third-party policies use
+:func:`register` or the ``meshkit.balancers`` entry-point group.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
 
 from balancers._base import (
     Balancer,
@@ -10,21 +21,27 @@ from balancers._base import (
     DoneInfo,
     ErrorPicker,
     NoSubchannelAvailable,
-    PickFailed,
     Picker,
+    PickFailed,
     PickInfo,
     PickResult,
     QueuePicker,
     SubchannelState,
     aggregate,
 )
+from balancers._factory import settings_from
 from balancers._registry import ENTRY_POINT_GROUP, get, policy_names, register
+from balancers._sync import BalancedSyncChannel, PickError
+from balancers.pick_first import PickFirstBuilder
+from balancers.round_robin import RoundRobinBuilder
+from resolvers import ResolverOptions
+
+register(RoundRobinBuilder())
+register(PickFirstBuilder())
 
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "get",
-    "policy_names",
-    "register",
+    "BalancedSyncChannel",
     "Balancer",
     "BalancerBuilder",
     "BalancerController",
@@ -32,6 +49,7 @@ __all__ = [
     "DoneInfo",
     "ErrorPicker",
     "NoSubchannelAvailable",
+    "PickError",
     "PickFailed",
     "PickInfo",
     "PickResult",
@@ -39,4 +57,63 @@ __all__ = [
     "QueuePicker",
     "SubchannelState",
     "aggregate",
+    "get",
+    "insecure_channel",
+    "policy_names",
+    "register",
+    "secure_channel",
 ]
+
+
+def insecure_channel(
+    target: str,
+    options: Sequence[tuple[str, Any]] | None = None,
+    compression: grpc.Compression | None = None,
+    interceptors: Sequence[Any] | None = None,
+    *,
+    lb_policy: str = "round_robin",
+    lb_config: dict[str, Any] | None = None,
+    health_check_service: str | None = None,
+    outlier_detection: Any = None,
+    resolver_options: ResolverOptions | None = None,
+    drain_timeout: float = 30.0,
+) -> BalancedSyncChannel:
+    """A balanced plaintext sync ``grpc.Channel``; see :func:`balancers.aio.insecure_channel`.
+
+    ``interceptors`` are ``grpc`` client interceptors, applied per endpoint.
+    """
+    settings = settings_from(
+        lb_policy,
+        lb_config,
+        health_check_service,
+        outlier_detection,
+        resolver_options,
+        drain_timeout,
+    )
+    return BalancedSyncChannel(target, None, options, settings, compression, interceptors)
+
+
+def secure_channel(
+    target: str,
+    credentials: grpc.ChannelCredentials,
+    options: Sequence[tuple[str, Any]] | None = None,
+    compression: grpc.Compression | None = None,
+    interceptors: Sequence[Any] | None = None,
+    *,
+    lb_policy: str = "round_robin",
+    lb_config: dict[str, Any] | None = None,
+    health_check_service: str | None = None,
+    outlier_detection: Any = None,
+    resolver_options: ResolverOptions | None = None,
+    drain_timeout: float = 30.0,
+) -> BalancedSyncChannel:
+    """Like :func:`insecure_channel`, over TLS with ``credentials``."""
+    settings = settings_from(
+        lb_policy,
+        lb_config,
+        health_check_service,
+        outlier_detection,
+        resolver_options,
+        drain_timeout,
+    )
+    return BalancedSyncChannel(target, credentials, options, settings, compression, interceptors)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import grpc
 
@@ -20,7 +20,7 @@ from resolvers import Address, ResolverState
 if TYPE_CHECKING:
     from balancers._subchannel import Subchannel
 
-Connectivity = grpc.ChannelConnectivity
+Connectivity: TypeAlias = grpc.ChannelConnectivity
 IDLE = grpc.ChannelConnectivity.IDLE
 CONNECTING = grpc.ChannelConnectivity.CONNECTING
 READY = grpc.ChannelConnectivity.READY

@@ -1,0 +1,31 @@
+"""Keyword arguments shared by every balanced-channel constructor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from balancers._core import ChannelSettings
+from resolvers import ResolverOptions
+
+
+def settings_from(
+    lb_policy: str,
+    lb_config: dict[str, Any] | None,
+    health_check_service: str | None,
+    outlier_detection: Any,
+    resolver_options: ResolverOptions | None,
+    drain_timeout: float,
+) -> ChannelSettings:
+    """Validate and bundle the balancing settings of a channel."""
+    if drain_timeout < 0:
+        raise ValueError("drain_timeout must be >= 0")
+    if health_check_service is not None and not isinstance(health_check_service, str):
+        raise ValueError("health_check_service must be a service name (str) or None")
+    return ChannelSettings(
+        lb_policy=lb_policy,
+        lb_config=dict(lb_config or {}),
+        health_check_service=health_check_service,
+        outlier_detection=outlier_detection,
+        resolver_options=resolver_options or ResolverOptions(),
+        drain_timeout=drain_timeout,
+    )

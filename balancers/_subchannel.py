@@ -1,0 +1,338 @@
+"""Subchannels: one grpcio channel per endpoint, its connectivity watched.
+
+A subchannel is a grpcio channel to a single literal address with ``pick_first``, so grpcio
+does no resolving or balancing of its own. What a policy sees (``state``) folds three things
+together, as gRPC does (gRFC A17, A50): transport connectivity, the endpoint's health-check
+verdict, and outlier ejection. A connected endpoint that is unhealthy or ejected is reported
+TRANSIENT_FAILURE, so policies need to know nothing about health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from balancers._base import (
+    CONNECTING,
+    IDLE,
+    READY,
+    SHUTDOWN,
+    TRANSIENT_FAILURE,
+    Connectivity,
+    DoneInfo,
+    SubchannelState,
+)
+from resolvers import Address
+
+log = logging.getLogger("meshkit.balancers")
+
+StateListener = Callable[["Subchannel", SubchannelState], None]
+DoneHook = Callable[["Subchannel", grpc.StatusCode], None]
+
+# Multicallable kinds, used as cache keys.
+UNARY_UNARY = 0
+UNARY_STREAM = 1
+STREAM_UNARY = 2
+STREAM_STREAM = 3
+
+
+def grpc_target(address: Address) -> str:
+    """The grpcio target naming exactly this address, so grpcio resolves nothing itself."""
+    if address.is_ip:
+        return f"ipv6:{address}" if ":" in address.host else f"ipv4:{address}"
+    # A host name from a static list: grpcio's own resolver turns it into addresses once.
+    return f"dns:///{address}"
+
+
+def _health_pending() -> Any:
+    from health.watch import HealthVerdict
+
+    return HealthVerdict.PENDING
+
+
+class Subchannel:
+    """One endpoint. Created by the channel core for a policy; never by a policy itself."""
+
+    def __init__(
+        self,
+        address: Address,
+        channel: Any,
+        listener: StateListener,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        health_service: str | None,
+        on_done: DoneHook | None,
+    ) -> None:
+        self.address = address
+        self.channel = channel
+        self._listener = listener
+        self._loop = loop
+        self._health_service = health_service
+        self._on_done = on_done
+        self._raw: Connectivity = IDLE
+        self._raw_reason = ""
+        self._health: Any = None if health_service is None else _health_pending()
+        self._health_reason = ""
+        self._ejected = False
+        self._state = SubchannelState(IDLE)
+        self._closed = False
+        self._callables: dict[tuple[Any, ...], Any] = {}
+        self.picks = 0
+        """Calls started on this subchannel (for admin endpoints and tests)."""
+
+    @property
+    def state(self) -> SubchannelState:
+        """The state a policy sees (connectivity x health x ejection)."""
+        return self._state
+
+    @property
+    def connectivity(self) -> Connectivity:
+        """The transport's own connectivity, before health and ejection."""
+        return self._raw
+
+    @property
+    def health(self) -> str:
+        """The health-check verdict's name, or ``"off"``."""
+        return "off" if self._health is None else str(self._health.name).lower()
+
+    @property
+    def ejected(self) -> bool:
+        """Whether outlier detection has ejected this endpoint."""
+        return self._ejected
+
+    def connect(self) -> None:
+        """Start connecting (and keep reconnecting) until closed."""
+        raise NotImplementedError
+
+    def set_ejected(self, ejected: bool) -> None:
+        """Outlier detection verdict; must be called on the event loop."""
+        if ejected != self._ejected:
+            self._ejected = ejected
+            self._publish()
+
+    def multicallable(self, kind: int, method: str, ser: Any, deser: Any, registered: bool) -> Any:
+        """The grpcio multicallable for this method on this endpoint (cached)."""
+        key = (kind, method, ser, deser, registered)
+        found = self._callables.get(key)
+        if found is None:
+            factory = (
+                self.channel.unary_unary,
+                self.channel.unary_stream,
+                self.channel.stream_unary,
+                self.channel.stream_stream,
+            )[kind]
+            found = factory(method, ser, deser, _registered_method=registered)
+            self._callables[key] = found
+        return found
+
+    def call_done(self, code: grpc.StatusCode, done: Callable[[DoneInfo], None] | None) -> None:
+        """Account a finished call: the policy's done hook, then outlier detection."""
+        if done is not None:
+            done(DoneInfo(code))
+        if self._on_done is not None:
+            self._on_done(self, code)
+
+    # -- state folding -------------------------------------------------------------------------
+
+    def _set_raw(self, state: Connectivity, reason: str = "") -> None:
+        if self._closed:
+            return
+        previous = self._raw
+        self._raw = state
+        if state is not READY:
+            self._raw_reason = reason or f"endpoint {self.address} is {state.name}"
+        if state is READY and previous is not READY:
+            self._start_health()
+        elif state is not READY and previous is READY:
+            self._stop_health()
+        self._publish()
+
+    def _set_health(self, verdict: Any, reason: str) -> None:
+        if self._closed or self._health is None:
+            return
+        self._health = verdict
+        self._health_reason = reason
+        self._publish()
+
+    def _fold(self) -> SubchannelState:
+        if self._raw is not READY:
+            return SubchannelState(self._raw, self._raw_reason)
+        if self._health is not None:
+            name = self._health.name
+            if name == "PENDING":
+                return SubchannelState(CONNECTING, f"endpoint {self.address}: health pending")
+            if name == "UNHEALTHY":
+                return SubchannelState(
+                    TRANSIENT_FAILURE,
+                    f"endpoint {self.address} unhealthy: {self._health_reason}",
+                )
+        if self._ejected:
+            return SubchannelState(
+                TRANSIENT_FAILURE, f"endpoint {self.address} ejected by outlier detection"
+            )
+        return SubchannelState(READY)
+
+    def _publish(self) -> None:
+        new = self._fold()
+        if new != self._state:
+            self._state = new
+            self._listener(self, new)
+
+    def _start_health(self) -> None:
+        if self._health is not None:
+            self._health = _health_pending()
+            self._start_health_watch()
+
+    def _stop_health(self) -> None:
+        if self._health is not None:
+            self._stop_health_watch()
+
+    def _start_health_watch(self) -> None:
+        raise NotImplementedError
+
+    def _stop_health_watch(self) -> None:
+        raise NotImplementedError
+
+    def _mark_closed(self) -> bool:
+        if self._closed:
+            return False
+        self._closed = True
+        self._state = SubchannelState(SHUTDOWN)
+        return True
+
+    def __repr__(self) -> str:
+        return f"<Subchannel {self.address} {self._state.connectivity.name}>"
+
+
+class AioSubchannel(Subchannel):
+    """A subchannel over ``grpc.aio``: one watcher task per endpoint."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watcher: asyncio.Task[None] | None = None
+        self._health_task: asyncio.Task[None] | None = None
+
+    def connect(self) -> None:
+        if self._watcher is None and not self._closed:
+            self._watcher = self._loop.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        channel = self.channel
+        state = channel.get_state(try_to_connect=True)
+        while not self._closed:
+            self._set_raw(state)
+            await channel.wait_for_state_change(state)
+            # IDLE means the connection went away: reconnect at once, like gRPC's round_robin.
+            state = channel.get_state(try_to_connect=True)
+
+    def _start_health_watch(self) -> None:
+        from health.watch import watch_health
+
+        self._stop_health_watch()
+        assert self._health_service is not None
+        self._health_task = self._loop.create_task(
+            watch_health(self.channel, self._health_service, self._set_health)
+        )
+
+    def _stop_health_watch(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            self._health_task = None
+
+    async def aclose(self, grace: float | None) -> None:
+        """Stop watching; let in-flight calls finish for up to ``grace`` seconds, then close."""
+        if not self._mark_closed():
+            return
+        self._stop_health_watch()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            # asyncio.wait neither raises the watcher's CancelledError nor hides our own.
+            await asyncio.wait([self._watcher])
+        await self.channel.close(grace)
+
+
+class SyncSubchannel(Subchannel):
+    """A subchannel over the sync ``grpc.Channel``; grpcio's callbacks hop onto the loop."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscribed = False
+        self._health_stop: threading.Event | None = None
+        self._inflight = 0
+        self._lock = threading.Lock()
+        self._drained = threading.Event()
+
+    def _on_connectivity(self, state: Connectivity) -> None:
+        with contextlib.suppress(RuntimeError):  # loop closed: the channel is shutting down
+            self._loop.call_soon_threadsafe(self._on_raw, state)
+
+    def _on_raw(self, state: Connectivity) -> None:
+        self._set_raw(state)
+        if state is IDLE and not self._closed:
+            # Re-subscribing with try_to_connect is grpcio's public way to leave IDLE.
+            self.channel.unsubscribe(self._on_connectivity)
+            self.channel.subscribe(self._on_connectivity, try_to_connect=True)
+
+    def connect(self) -> None:
+        if not self._subscribed and not self._closed:
+            self._subscribed = True
+            self.channel.subscribe(self._on_connectivity, try_to_connect=True)
+
+    def acquire(self) -> bool:
+        """Count a call about to start; False once closing (pick again)."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._inflight += 1
+            return True
+
+    def release(self) -> None:
+        """A call counted by ``acquire`` ended."""
+        with self._lock:
+            self._inflight -= 1
+            if self._closed and self._inflight == 0:
+                self._drained.set()
+
+    def _start_health_watch(self) -> None:
+        from health.watch import watch_health_blocking
+
+        self._stop_health_watch()
+        stop = threading.Event()
+        self._health_stop = stop
+
+        def on_change(verdict: Any, reason: str) -> None:
+            if not stop.is_set():
+                self._loop.call_soon_threadsafe(self._set_health, verdict, reason)
+
+        assert self._health_service is not None
+        threading.Thread(
+            target=watch_health_blocking,
+            args=(self.channel, self._health_service, on_change, stop),
+            name=f"meshkit-health-{self.address}",
+            daemon=True,
+        ).start()
+
+    def _stop_health_watch(self) -> None:
+        if self._health_stop is not None:
+            self._health_stop.set()
+            self._health_stop = None
+
+    async def aclose(self, grace: float | None) -> None:
+        """Stop watching; let in-flight calls finish for up to ``grace`` seconds, then close."""
+        with self._lock:
+            if not self._mark_closed():
+                return
+            if self._inflight == 0:
+                self._drained.set()
+        self._stop_health_watch()
+        if self._subscribed:
+            self.channel.unsubscribe(self._on_connectivity)
+        if grace:
+            await asyncio.to_thread(self._drained.wait, grace)
+        self.channel.close()

@@ -1,0 +1,527 @@
+"""The balanced sync ``grpc.Channel``.
+
+The resolver and the policy run on a private event loop in a daemon thread (resolvers are
+asyncio code); calls run on the caller's thread straight on grpcio's sync channel of the
+picked endpoint, so a call costs one pick more than plain grpcio and no thread hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import grpc
+
+from balancers._base import Connectivity, DoneInfo, PickFailed, PickInfo
+from balancers._core import ChannelCore, ChannelSettings, channel_options
+from balancers._subchannel import (
+    STREAM_STREAM,
+    STREAM_UNARY,
+    UNARY_STREAM,
+    UNARY_UNARY,
+    StateListener,
+    Subchannel,
+    SyncSubchannel,
+    grpc_target,
+)
+from resolvers import Address
+
+
+class PickError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
+    """A call that failed before reaching any endpoint; shaped like grpcio's failed calls."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+
+    def __str__(self) -> str:
+        return f"<PickError: status = {self._code}, details = {self._details!r}>"
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def initial_metadata(self) -> tuple[()]:
+        return ()
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+    def debug_error_string(self) -> str:
+        return self._details
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return self._code is grpc.StatusCode.CANCELLED
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        raise self
+
+    def exception(self, timeout: float | None = None) -> PickError:
+        return self
+
+    def traceback(self, timeout: float | None = None) -> None:
+        return None
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        raise self
+
+
+class _SyncMultiCallable:
+    """Pick on the caller's thread, then call grpcio's sync multicallable."""
+
+    def __init__(
+        self,
+        owner: BalancedSyncChannel,
+        kind: int,
+        method: str,
+        ser: Any,
+        deser: Any,
+        registered: bool,
+    ) -> None:
+        self._owner = owner
+        self._kind = kind
+        self._method = method
+        self._ser = ser
+        self._deser = deser
+        self._registered = registered
+        self._info = PickInfo(method)
+
+    def _start(
+        self, timeout: float | None, metadata: Any, wait_for_ready: bool | None
+    ) -> tuple[SyncSubchannel, Callable[[DoneInfo], None] | None, float | None, Any]:
+        info = self._info if metadata is None else PickInfo(self._method, metadata)
+        sc, done, remaining = self._owner._pick(info, timeout, bool(wait_for_ready))
+        real = sc.multicallable(self._kind, self._method, self._ser, self._deser, self._registered)
+        return sc, done, remaining, real
+
+    @staticmethod
+    def _track(call: Any, sc: SyncSubchannel, done: Callable[[DoneInfo], None] | None) -> None:
+        def finished(c: Any) -> None:
+            sc.release()
+            sc.call_done(c.code(), done)
+
+        call.add_done_callback(finished)
+
+    def _blocking(
+        self,
+        with_call: bool,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> Any:
+        sc, done, remaining, real = self._start(timeout, metadata, wait_for_ready)
+        try:
+            result = real.with_call(
+                request,
+                timeout=remaining,
+                metadata=metadata,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+        except grpc.RpcError as error:
+            sc.release()
+            sc.call_done(error.code(), done)
+            raise
+        sc.release()
+        sc.call_done(grpc.StatusCode.OK, done)
+        return result if with_call else result[0]
+
+    def _future(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> Any:
+        try:
+            sc, done, remaining, real = self._start(timeout, metadata, wait_for_ready)
+        except PickError as error:
+            return error
+        call = real.future(
+            request,
+            timeout=remaining,
+            metadata=metadata,
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+        self._track(call, sc, done)
+        return call
+
+    def _streaming(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: Any,
+        wait_for_ready: bool | None,
+        compression: Any,
+    ) -> Any:
+        try:
+            sc, done, remaining, real = self._start(timeout, metadata, wait_for_ready)
+        except PickError as error:
+            return error  # iterating it raises, as grpcio's failed streams do
+        call = real(
+            request,
+            timeout=remaining,
+            metadata=metadata,
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+        self._track(call, sc, done)
+        return call
+
+
+class _SyncUnaryUnary(_SyncMultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._blocking(
+            False, request, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._blocking(
+            True, request, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+    def future(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._future(request, timeout, metadata, credentials, wait_for_ready, compression)
+
+
+class _SyncUnaryStream(_SyncMultiCallable, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._streaming(request, timeout, metadata, credentials, wait_for_ready, compression)
+
+
+class _SyncStreamUnary(_SyncMultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
+    def __call__(
+        self,
+        request_iterator: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._blocking(
+            False, request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+    def with_call(
+        self,
+        request_iterator: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._blocking(
+            True, request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+    def future(
+        self,
+        request_iterator: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._future(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+
+class _SyncStreamStream(_SyncMultiCallable, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
+    def __call__(
+        self,
+        request_iterator: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._streaming(
+            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+
+class BalancedSyncChannel(grpc.Channel):  # type: ignore[misc]
+    """A ``grpc.Channel`` whose calls are spread over the endpoints a resolver finds.
+
+    Build it with :func:`balancers.insecure_channel` or :func:`balancers.secure_channel`.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        credentials: grpc.ChannelCredentials | None,
+        options: Sequence[tuple[str, Any]] | None,
+        settings: ChannelSettings,
+        compression: grpc.Compression | None = None,
+        interceptors: Sequence[Any] | None = None,
+    ) -> None:
+        self._credentials = credentials
+        self._compression = compression
+        self._interceptors = list(interceptors or ())
+        self._subscribers: list[Callable[[Connectivity], None]] = []
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"meshkit-channel {target}", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+        try:
+            self._core: ChannelCore = self._run(self._build(target, settings))
+            self._options = channel_options(options, self._core.target)
+            self._run(self._start_core())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    async def _build(self, target: str, settings: ChannelSettings) -> ChannelCore:
+        core = ChannelCore(target, self._make_subchannel, settings, self._loop)
+        core.add_state_watcher(self._on_core_state)
+        return core
+
+    async def _start_core(self) -> None:
+        self._core.start()
+
+    def _run(self, coro: Any, timeout: float | None = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _make_subchannel(
+        self,
+        address: Address,
+        listener: StateListener,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        health_service: str | None,
+        on_done: Any,
+    ) -> Subchannel:
+        target = grpc_target(address)
+        if self._credentials is None:
+            channel = grpc.insecure_channel(target, self._options, self._compression)
+        else:
+            channel = grpc.secure_channel(
+                target, self._credentials, self._options, self._compression
+            )
+        if self._interceptors:
+            channel = grpc.intercept_channel(channel, *self._interceptors)
+        return SyncSubchannel(
+            address, channel, listener, loop=loop, health_service=health_service, on_done=on_done
+        )
+
+    def _on_core_state(self) -> None:
+        state = self._core.connectivity
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            callback(state)
+
+    @property
+    def core(self) -> ChannelCore:
+        """The resolver/policy core (endpoints and their states, for admin and tests)."""
+        return self._core
+
+    def _pick(
+        self, info: PickInfo, timeout: float | None, wait_for_ready: bool
+    ) -> tuple[SyncSubchannel, Callable[[DoneInfo], None] | None, float | None]:
+        core = self._core
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            generation = core.generation
+            try:
+                result = core.pick_now(info, wait_for_ready)
+            except PickFailed as failed:
+                raise PickError(failed.code, failed.details) from None
+            if result is not None:
+                sc = result.subchannel
+                assert isinstance(sc, SyncSubchannel)
+                if sc.acquire():
+                    sc.picks += 1
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    return sc, result.done, remaining
+                continue  # removed since the picker was built: a newer picker is coming
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if (remaining is not None and remaining <= 0) or not core.wait_for_picker_sync(
+                generation, remaining
+            ):
+                raise PickError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"deadline exceeded while waiting for an endpoint of {core.target_text} "
+                    f"(channel {core.connectivity.name})",
+                )
+
+    # -- grpc.Channel --------------------------------------------------------------------------
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        return _SyncUnaryUnary(
+            self,
+            UNARY_UNARY,
+            method,
+            request_serializer,
+            response_deserializer,
+            bool(_registered_method),
+        )
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        return _SyncUnaryStream(
+            self,
+            UNARY_STREAM,
+            method,
+            request_serializer,
+            response_deserializer,
+            bool(_registered_method),
+        )
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        return _SyncStreamUnary(
+            self,
+            STREAM_UNARY,
+            method,
+            request_serializer,
+            response_deserializer,
+            bool(_registered_method),
+        )
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        return _SyncStreamStream(
+            self,
+            STREAM_STREAM,
+            method,
+            request_serializer,
+            response_deserializer,
+            bool(_registered_method),
+        )
+
+    def subscribe(
+        self, callback: Callable[[Connectivity], None], try_to_connect: bool = False
+    ) -> None:
+        """Call ``callback(state)`` now and on every aggregate connectivity change."""
+        with self._lock:
+            self._subscribers.append(callback)
+        callback(self._core.connectivity)
+
+    def unsubscribe(self, callback: Callable[[Connectivity], None]) -> None:
+        with self._lock:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+    def close(self) -> None:
+        """Close every endpoint (cancelling in-flight calls, as grpcio does) and stop."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._run(self._core.aclose())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> BalancedSyncChannel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
