@@ -36,7 +36,7 @@ class Target:
         if not uri or uri != uri.strip():
             raise ValueError(f"target {uri!r} is empty or has surrounding whitespace")
         scheme, sep, rest = uri.partition(":")
-        if not sep or not _SCHEME.match(scheme) or not rest.startswith("/") and "/" in rest:
+        if not sep or not _SCHEME.match(scheme) or (not rest.startswith("/") and "/" in rest):
             return cls._bare(uri)
         if rest.startswith("//"):
             authority, slash, endpoint = rest[2:].partition("/")
