@@ -1,0 +1,9 @@
+"""``python -m sidecar``: the same command line as ``sidecar``."""
+
+from __future__ import annotations
+
+import sys
+
+from sidecar.cli import main
+
+sys.exit(main())

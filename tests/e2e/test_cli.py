@@ -1,0 +1,159 @@
+"""The ``sidecar`` command as a real process: validate, errors, help, env overrides."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+GOOD = """\
+outbound: {listen: 127.0.0.1:15001, routes: [{prefix: /, cluster: backend}]}
+clusters: {backend: {target: static:///127.0.0.1:10000}}
+admin: {listen: 127.0.0.1:9901}
+"""
+
+SIDECAR = str(Path(sys.executable).with_name("sidecar"))
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, module: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the command with a clean MESHKIT_* environment plus ``env``."""
+    environ = {k: v for k, v in os.environ.items() if not k.upper().startswith("MESHKIT_")}
+    environ.update(env or {})
+    command = [sys.executable, "-m", "sidecar"] if module else [SIDECAR]
+    return subprocess.run(
+        [*command, *args], env=environ, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    return path
+
+
+def assert_config_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert lines and all(line.startswith("config error: ") for line in lines), result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+@pytest.mark.parametrize("module", [False, True], ids=["sidecar", "python-m"])
+def test_validate_good_config(good: Path, module: bool) -> None:
+    result = run("validate", "--config", str(good), module=module)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"config OK: {good}")
+    assert "127.0.0.1:15001" in result.stdout and "backend" in result.stdout
+    assert result.stderr == ""
+
+
+def test_validate_prints_effective_config(good: Path) -> None:
+    result = run("validate", "-c", str(good), "--print-config")
+    assert result.returncode == 0, result.stderr
+    assert "max_concurrent_streams: 1000" in result.stdout
+
+
+def test_bad_config_exits_2_naming_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        GOOD.replace(
+            "{target: static:///127.0.0.1:10000}",
+            "{target: static:///127.0.0.1:10000, retry: {max_attempts: 7}}",
+        )
+        + "workers: 0\n"
+    )
+    result = run("validate", "--config", str(path))
+    assert_config_error(
+        result,
+        "config error: clusters.backend.retry.max_attempts: must be 2..5 (got 7)",
+        "config error: workers: must be 1..128 (got 0)",
+    )
+
+
+def test_run_with_bad_config_exits_2_before_starting(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace("cluster: backend", "cluster: nope"))
+    assert_config_error(run("run", "--config", str(path)), "outbound.routes[0].cluster")
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("admin:\n  listen: [127.0.0.1:9901\noutbound: {}\n")
+    result = run("validate", "--config", str(path))
+    assert_config_error(result, f"{path}:3:", "YAML syntax error")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    result = run("validate", "--config", str(tmp_path / "nope.yaml"))
+    assert_config_error(result, "nope.yaml: cannot read")
+
+
+def test_non_mapping_top_level(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- outbound\n")
+    assert_config_error(run("validate", "-c", str(path)), "top level must be a mapping")
+
+
+def test_no_config_at_all() -> None:
+    assert_config_error(run("validate"), "MESHKIT_CONFIG")
+
+
+def test_config_path_from_meshkit_config(good: Path) -> None:
+    result = run("validate", env={"MESHKIT_CONFIG": str(good)})
+    assert result.returncode == 0, result.stderr
+
+
+def test_env_override_makes_valid_config_invalid(good: Path) -> None:
+    result = run(
+        "validate",
+        "--config",
+        str(good),
+        env={"MESHKIT_CLUSTERS__BACKEND__TARGET": "static:///no-port-here"},
+    )
+    assert_config_error(
+        result, "clusters.backend.target", "set by MESHKIT_CLUSTERS__BACKEND__TARGET"
+    )
+
+
+def test_env_override_applies(good: Path) -> None:
+    result = run("validate", "-c", str(good), env={"MESHKIT_ADMIN__LISTEN": "127.0.0.1:9999"})
+    assert result.returncode == 0, result.stderr
+    assert "127.0.0.1:9999" in result.stdout
+
+
+def test_help_teaches_the_command() -> None:
+    result = run("--help", module=True)
+    assert result.returncode == 0
+    for fragment in ("run", "validate", "MESHKIT_", "exit status", "static:///", "example"):
+        assert fragment in result.stdout
+    assert run("validate", "--help").returncode == 0
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.startswith("sidecar (meshkit) ")
+
+
+def test_usage_error_exits_2() -> None:
+    result = run("frobnicate")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("sidecar.app") is not None, reason="the data plane exists"
+)
+def test_run_without_data_plane_fails_cleanly(good: Path) -> None:
+    result = run("run", "--config", str(good))
+    assert result.returncode == 1
+    assert "sidecar.app" in result.stderr and "Traceback" not in result.stderr
