@@ -1,0 +1,296 @@
+"""Prometheus metrics for gRPC calls and for balanced clusters.
+
+Names and labels follow go-grpc-prometheus (``grpc_server_handled_total{grpc_type,grpc_service,
+grpc_method,grpc_code}`` ...) so the existing dashboards and alerts for Go services work on
+meshkit unchanged; ``grpc_code`` therefore uses Go's spelling (``OK``, ``Unavailable``,
+``DeadlineExceeded``), not Python's ``StatusCode`` names.
+
+Every metric is registered in the ``registry`` given to the constructor (``None`` means
+prometheus_client's default ``REGISTRY``), so tests and embedders own their registries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+from typing import Final, Literal
+
+import grpc
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = [
+    "BIDI_STREAM",
+    "CLIENT_STREAM",
+    "DEFAULT_LATENCY_BUCKETS",
+    "SERVER_STREAM",
+    "UNARY",
+    "ClusterMetrics",
+    "GrpcMetrics",
+    "RpcKind",
+    "Side",
+    "code_label",
+    "split_method",
+]
+
+RpcKind = Literal["unary", "client_stream", "server_stream", "bidi_stream"]
+"""The ``grpc_type`` label values, as go-grpc-prometheus spells them."""
+Side = Literal["client", "server"]
+
+UNARY: Final = "unary"
+CLIENT_STREAM: Final = "client_stream"
+SERVER_STREAM: Final = "server_stream"
+BIDI_STREAM: Final = "bidi_stream"
+_KINDS: Final[tuple[RpcKind, ...]] = (UNARY, CLIENT_STREAM, SERVER_STREAM, BIDI_STREAM)
+
+# A local gRPC hop costs ~100 µs and a deadline is rarely above 10 s: roughly 2.5x steps
+# between the two keep the bucket count (and the exposition size per method) small.
+DEFAULT_LATENCY_BUCKETS: Final[tuple[float, ...]] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+# Go's codes.Code.String(), so that queries like grpc_code!="OK" or ="Unavailable" match.
+_GO_CODE_NAMES: Final[dict[grpc.StatusCode, str]] = {
+    code: "".join(part.capitalize() for part in code.name.split("_")) for code in grpc.StatusCode
+}
+_GO_CODE_NAMES[grpc.StatusCode.OK] = "OK"
+_GO_CODE_NAMES[grpc.StatusCode.CANCELLED] = "Canceled"
+
+UNKNOWN_LABEL: Final = "unknown"
+
+
+def code_label(code: grpc.StatusCode) -> str:
+    """The ``grpc_code`` label of ``code``, spelled as Go does (``DeadlineExceeded``)."""
+    return _GO_CODE_NAMES[code]
+
+
+def split_method(full_method: str) -> tuple[str, str]:
+    """Split ``/pkg.Service/Method`` into ``("pkg.Service", "Method")``.
+
+    Malformed names give ``"unknown"`` parts rather than raising: the name comes from the
+    peer, and a metric must never fail a call.
+    """
+    service, sep, method = full_method.lstrip("/").rpartition("/")
+    if not sep or not service or not method:
+        return UNKNOWN_LABEL, UNKNOWN_LABEL
+    return service, method
+
+
+class _MethodSeries:
+    """The label children of one (method, kind), resolved once: ``labels()`` takes a lock and
+    builds a tuple on every call, which the proxy hot path should not pay."""
+
+    __slots__ = (
+        "_handled",
+        "_handled_parent",
+        "_labels",
+        "handling",
+        "received",
+        "sent",
+        "started",
+    )
+
+    def __init__(self, metrics: GrpcMetrics, kind: RpcKind, service: str, method: str) -> None:
+        self._labels = (kind, service, method)
+        self.started = metrics.started.labels(*self._labels)
+        self.handling = metrics.handling_seconds.labels(*self._labels)
+        self.received = metrics.msg_received.labels(*self._labels)
+        self.sent = metrics.msg_sent.labels(*self._labels)
+        self._handled_parent = metrics.handled
+        self._handled: dict[grpc.StatusCode, Counter] = {}
+
+    def handled(self, code: grpc.StatusCode) -> Counter:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled_parent.labels(*self._labels, _GO_CODE_NAMES[code])
+            self._handled[code] = child
+        return child
+
+
+class GrpcMetrics:
+    """go-grpc-prometheus style RPC metrics for one side (``client`` or ``server``).
+
+    The direct API (``start`` / ``done`` / ``received`` / ``sent``) is what the interceptors use
+    and what a raw proxy calls without any interceptor::
+
+        t0 = metrics.start("/pkg.Svc/Get", UNARY)
+        ...
+        metrics.done("/pkg.Svc/Get", UNARY, grpc.StatusCode.OK, t0)
+
+    Method names come from peers, so at most ``max_methods`` distinct names get their own
+    series; later ones are counted under ``grpc_service="unknown", grpc_method="unknown"`` to
+    bound the cardinality a misbehaving client can create.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        side: Side = "server",
+        *,
+        buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS,
+        max_methods: int = 1000,
+    ) -> None:
+        if side not in ("client", "server"):
+            raise ValueError(f"side must be 'client' or 'server', not {side!r}")
+        reg = REGISTRY if registry is None else registry
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.side: Side = side
+        self.started = Counter(
+            f"grpc_{side}_started",
+            f"Total number of RPCs started on the {side}.",
+            labels,
+            registry=reg,
+        )
+        self.handled = Counter(
+            f"grpc_{side}_handled",
+            f"Total number of RPCs completed on the {side}, regardless of success or failure.",
+            (*labels, "grpc_code"),
+            registry=reg,
+        )
+        self.handling_seconds = Histogram(
+            f"grpc_{side}_handling_seconds",
+            f"Histogram of RPC handling latency (seconds) on the {side}.",
+            labels,
+            buckets=buckets,
+            registry=reg,
+        )
+        self.msg_received = Counter(
+            f"grpc_{side}_msg_received",
+            f"Total number of RPC stream messages received on the {side}.",
+            labels,
+            registry=reg,
+        )
+        self.msg_sent = Counter(
+            f"grpc_{side}_msg_sent",
+            f"Total number of RPC stream messages sent on the {side}.",
+            labels,
+            registry=reg,
+        )
+        self._max_methods = max_methods
+        self._series: dict[RpcKind, dict[str, _MethodSeries]] = {k: {} for k in _KINDS}
+        self._overflow: dict[RpcKind, _MethodSeries] = {}
+
+    def _get(self, method: str, kind: RpcKind) -> _MethodSeries:
+        by_method = self._series[kind]
+        series = by_method.get(method)
+        if series is None:
+            if len(by_method) < self._max_methods:
+                series = _MethodSeries(self, kind, *split_method(method))
+                by_method[method] = series
+            else:
+                series = self._overflow.get(kind)
+                if series is None:
+                    series = _MethodSeries(self, kind, UNKNOWN_LABEL, UNKNOWN_LABEL)
+                    self._overflow[kind] = series
+        return series
+
+    def start(self, method: str, kind: RpcKind = UNARY) -> float:
+        """Count a started RPC; returns the start time to pass to :meth:`done`."""
+        self._get(method, kind).started.inc()
+        return time.perf_counter()
+
+    def done(self, method: str, kind: RpcKind, code: grpc.StatusCode, started_at: float) -> None:
+        """Count a finished RPC with its status and observe its latency since ``started_at``."""
+        series = self._get(method, kind)
+        series.handled(code).inc()
+        series.handling.observe(time.perf_counter() - started_at)
+
+    def received(self, method: str, kind: RpcKind, n: int = 1) -> None:
+        """Count ``n`` messages received (requests on a server, responses on a client)."""
+        self._get(method, kind).received.inc(n)
+
+    def sent(self, method: str, kind: RpcKind, n: int = 1) -> None:
+        """Count ``n`` messages sent (responses on a server, requests on a client)."""
+        self._get(method, kind).sent.inc(n)
+
+
+class ClusterMetrics:
+    """Endpoint-level metrics of balanced clusters (the balancer and the sidecar report them).
+
+    - ``meshkit_cluster_endpoints{cluster,state}`` gauge: endpoints per connectivity state
+      (``READY``, ``CONNECTING``, ``IDLE``, ``TRANSIENT_FAILURE`` ...), set from a full snapshot.
+    - ``meshkit_cluster_picks_total{cluster,endpoint}`` counter: calls sent to each endpoint,
+      to see the spread.
+    - ``meshkit_cluster_ejections_total{cluster}`` counter: endpoints taken out of rotation by
+      health checking or outlier detection.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        reg = REGISTRY if registry is None else registry
+        self.endpoints = Gauge(
+            "meshkit_cluster_endpoints",
+            "Endpoints of a cluster by connectivity state.",
+            ("cluster", "state"),
+            registry=reg,
+        )
+        self.picks = Counter(
+            "meshkit_cluster_picks",
+            "Calls the balancer sent to each endpoint of a cluster.",
+            ("cluster", "endpoint"),
+            registry=reg,
+        )
+        self.ejections = Counter(
+            "meshkit_cluster_ejections",
+            "Endpoints ejected from a cluster's rotation.",
+            ("cluster",),
+            registry=reg,
+        )
+        self._states: dict[str, set[str]] = {}
+        self._pick_children: dict[tuple[str, str], Counter] = {}
+
+    def set_endpoints(self, cluster: str, counts: Mapping[str, int]) -> None:
+        """Set the per-state endpoint counts of ``cluster`` from a full snapshot.
+
+        States reported before but absent now drop to 0, so a dashboard never shows a stale
+        count for a state the cluster left.
+        """
+        seen = self._states.setdefault(cluster, set())
+        for state in seen - counts.keys():
+            self.endpoints.labels(cluster, state).set(0)
+        for state, n in counts.items():
+            self.endpoints.labels(cluster, state).set(n)
+        seen.update(counts)
+
+    def pick(self, cluster: str, endpoint: str) -> None:
+        """Count one call sent to ``endpoint`` (``host:port``) of ``cluster``."""
+        key = (cluster, endpoint)
+        child = self._pick_children.get(key)
+        if child is None:
+            child = self.picks.labels(cluster, endpoint)
+            self._pick_children[key] = child
+        child.inc()
+
+    def ejected(self, cluster: str, n: int = 1) -> None:
+        """Count ``n`` endpoints ejected from ``cluster``."""
+        self.ejections.labels(cluster).inc(n)
+
+    def remove_endpoint(self, cluster: str, endpoint: str) -> None:
+        """Drop the pick series of an endpoint that left the cluster (bounds cardinality as
+        pods come and go)."""
+        if self._pick_children.pop((cluster, endpoint), None) is not None:
+            self.picks.remove(cluster, endpoint)
+
+    def remove_cluster(self, cluster: str) -> None:
+        """Drop every series of a cluster removed from the configuration."""
+        for state in self._states.pop(cluster, set()):
+            self.endpoints.remove(cluster, state)
+        for key in [k for k in self._pick_children if k[0] == cluster]:
+            del self._pick_children[key]
+            self.picks.remove(*key)
+        with contextlib.suppress(KeyError):  # never ejected: no series
+            self.ejections.remove(cluster)
