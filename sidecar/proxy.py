@@ -1,0 +1,624 @@
+"""The forwarding core: a ``grpc.aio`` generic handler relaying raw bytes to an upstream.
+
+Forwarding never decodes protobuf. Every method is served with identity serializers, so request
+and response messages are ``bytes`` end to end. On the wire the four RPC kinds are the same
+(a stream of length-prefixed messages each way), so the stream-stream relay is always correct;
+a route may declare the kind of some methods (:class:`RpcKind` hints in :class:`Upstream`) to
+take a cheaper path (grpc reads the single request itself, no request-pump task, one batch for
+the unary reply).
+
+What is carried, per call:
+
+- request metadata, minus connection-specific and transport-owned keys (:data:`DROPPED_HEADERS`
+  and any ``proxy-*``/``:*`` key): ``grpc-timeout`` becomes the upstream timeout, compression
+  (``grpc-encoding``/``grpc-accept-encoding``) is negotiated per hop by grpc itself, and
+  ``user-agent`` is dropped because grpc-core overwrites it with the proxy channel's own.
+  ``-bin`` keys travel as bytes. ``authorization`` is forwarded. Optionally
+  ``x-forwarded-for`` gets the downstream peer address appended;
+- the deadline, as the remaining time when the upstream call starts (``context.time_remaining``),
+  optionally defaulted/capped per route;
+- cancellation both ways: a client cancel cancels the handler task, which cancels the upstream
+  call; an upstream failure ends the downstream call with the upstream status;
+- the upstream's initial metadata (sent before the first message, also when no message
+  follows), then its status code, details and trailing metadata unchanged.
+
+Flow control is end to end: one upstream message is read, then written downstream with
+``await context.write`` (which completes only once HTTP/2 flow control has taken it); the
+request side is the server's own lazy request iterator handed to the upstream call, so grpc's
+request pump reads one downstream message per upstream write. Nothing is queued in between.
+
+Failures the proxy causes are precise: no route -> ``UNIMPLEMENTED`` naming the path; the
+upstream unreachable (``UNAVAILABLE`` before any response header) -> ``UNAVAILABLE`` whose
+details name the upstream; deadline -> ``DEADLINE_EXCEEDED``; anything unexpected -> ``INTERNAL``
+with a one-line log, never a traceback to the client and never more than that call affected.
+
+Retries (:class:`RetryPolicy`) happen only when safe: the attempt failed with a retryable code
+before any response header or message arrived, the request messages consumed so far are all
+buffered (a copy is kept up to ``RetryPolicy.max_buffer_bytes``; past it the call is committed
+to its attempt) and the deadline leaves room for the backoff. A failure with empty initial
+metadata and no message counts as "before any header" (a trailers-only response).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DROPPED_HEADERS",
+    "Metadata",
+    "ProxyHandler",
+    "RetryPolicy",
+    "RpcKind",
+    "Upstream",
+    "forwardable_metadata",
+    "rejecting_handler",
+    "server_options",
+    "upstream_channel_options",
+]
+
+_LOG = logging.getLogger(__name__)
+
+Metadata = Sequence[tuple[str, "str | bytes"]]
+
+#: Larger than grpc's 4 MiB default on purpose: a proxy must not impose a lower limit than the
+#: endpoints it joins (they enforce their own); it bounds the memory of one buffered message.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+#: Request metadata keys never forwarded (besides ``proxy-*`` and pseudo-headers ``:*``).
+DROPPED_HEADERS = frozenset(
+    {
+        # HTTP hop-by-hop (RFC 9110 7.6.1); forbidden in HTTP/2 anyway
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "host",
+        # owned by the transport of each hop
+        "content-type",
+        "content-length",
+        "user-agent",
+        "grpc-timeout",
+        "grpc-encoding",
+        "grpc-accept-encoding",
+        "grpc-status",
+        "grpc-message",
+    }
+)
+
+_EOF = grpc.aio.EOF
+_CALL_CACHE_SIZE = 4096
+
+
+class RpcKind(enum.Enum):
+    """The RPC kind of a method, a hint for a cheaper forwarding path.
+
+    Measured on a unary call: the ``UNARY_UNARY`` path costs the proxy ~405 µs CPU per call
+    against ~550 µs for the generic stream path (grpc's request pump task and separate
+    write/half-close batches), the same as a bare unary-only relay.
+    """
+
+    UNARY_UNARY = "unary_unary"
+    UNARY_STREAM = "unary_stream"
+    STREAM_UNARY = "stream_unary"
+    STREAM_STREAM = "stream_stream"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how often to retry a failed upstream attempt.
+
+    ``max_attempts`` counts the first attempt. Backoff before retry ``n`` (1-based) is uniform
+    in ``[0, min(max_backoff, initial_backoff * backoff_multiplier**(n-1))]`` (full jitter) and
+    never runs past the call's deadline. ``max_buffer_bytes`` caps the copy of the request
+    stream kept for replay (a client-streaming call longer than that is not retried).
+    """
+
+    max_attempts: int = 3
+    retryable_codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
+    initial_backoff: float = 0.05
+    max_backoff: float = 1.0
+    backoff_multiplier: float = 2.0
+    max_buffer_bytes: int = 256 * 1024
+
+    def __post_init__(self) -> None:
+        """Validate; errors name the field."""
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts: must be >= 1, got {self.max_attempts}")
+        if self.initial_backoff < 0 or self.max_backoff < self.initial_backoff:
+            raise ValueError("initial_backoff/max_backoff: need 0 <= initial <= max")
+        if self.backoff_multiplier < 1:
+            raise ValueError(f"backoff_multiplier: must be >= 1, got {self.backoff_multiplier}")
+        if self.max_buffer_bytes < 0:
+            raise ValueError(f"max_buffer_bytes: must be >= 0, got {self.max_buffer_bytes}")
+        object.__setattr__(self, "retryable_codes", frozenset(self.retryable_codes))
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the second attempt)."""
+        growth = self.backoff_multiplier ** (retry - 1)
+        ceiling = min(self.max_backoff, self.initial_backoff * growth)
+        return random.uniform(0.0, ceiling)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where a route forwards to, and how.
+
+    - ``name``: the cluster name, used in errors and logs;
+    - ``channel``: a ``grpc.aio.Channel``-shaped object (``unary_unary``/``unary_stream``/
+      ``stream_unary``/``stream_stream`` returning aio multi-callables); the owner closes it;
+    - ``timeout``: seconds used when the client sent no deadline (``None``: no deadline);
+    - ``max_timeout``: cap on any deadline sent upstream (``None``: no cap);
+    - ``retry``: a :class:`RetryPolicy`, or ``None`` for a single attempt;
+    - ``kinds``/``default_kind``: RPC-kind hints per full method path (``/pkg.Svc/M``) and for
+      the rest of the route. A wrong hint breaks calls (a unary hint on a streaming method
+      drops messages), so only declare what the service definition says.
+    """
+
+    name: str
+    channel: Any
+    timeout: float | None = None
+    max_timeout: float | None = None
+    retry: RetryPolicy | None = None
+    kinds: Mapping[str, RpcKind] = field(default_factory=dict)
+    default_kind: RpcKind = RpcKind.STREAM_STREAM
+
+    def kind_of(self, method: str) -> RpcKind:
+        """The forwarding path for ``method``."""
+        if self.kinds:
+            return self.kinds.get(method, self.default_kind)
+        return self.default_kind
+
+
+def forwardable_metadata(metadata: Metadata | None) -> tuple[tuple[str, str | bytes], ...]:
+    """``metadata`` without the keys a proxy must not forward (see :data:`DROPPED_HEADERS`)."""
+    if not metadata:
+        return ()
+    dropped = DROPPED_HEADERS
+    return tuple(
+        (key, value)
+        for key, value in metadata
+        if key not in dropped and not key.startswith((":", "proxy-"))
+    )
+
+
+def rejecting_handler(code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
+    """A method handler ending the call with ``code``/``details`` without reading requests.
+
+    Stream-stream so it fits any RPC kind on the wire and never waits for a request message
+    (a bidi client may be waiting for the server to speak first).
+    """
+
+    async def reject(_requests: object, context: grpc.aio.ServicerContext) -> None:
+        context.set_code(code)
+        context.set_details(details)
+
+    return grpc.stream_stream_rpc_method_handler(reject)
+
+
+def server_options(
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_concurrent_streams: int | None = None,
+    min_client_ping_interval: float = 10.0,
+    permit_keepalive_without_calls: bool = True,
+    keepalive_time: float | None = None,
+    keepalive_timeout: float = 20.0,
+    max_connection_idle: float | None = None,
+    max_connection_age: float | None = None,
+    max_connection_age_grace: float | None = None,
+) -> list[tuple[str, int]]:
+    """Options for the proxy's listening ``grpc.aio.server(options=...)``.
+
+    A sidecar's clients are local apps whose keepalive settings it does not control, so it
+    accepts client pings down to ``min_client_ping_interval`` (grpc's default is 5 min, which
+    answers a 30 s client keepalive with GOAWAY ``too_many_pings``), also on idle connections.
+    ``keepalive_time`` makes the server ping clients (``None``: grpc's 2 h default).
+    ``max_connection_age`` (with grace) makes long-lived clients re-resolve and rebalance.
+    """
+    ms = 1000
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(min_client_ping_interval * ms)),
+        ("grpc.keepalive_permit_without_calls", int(permit_keepalive_without_calls)),
+        ("grpc.keepalive_timeout_ms", int(keepalive_timeout * ms)),
+    ]
+    if max_concurrent_streams is not None:
+        options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
+    if keepalive_time is not None:
+        options.append(("grpc.keepalive_time_ms", int(keepalive_time * ms)))
+    if max_connection_idle is not None:
+        options.append(("grpc.max_connection_idle_ms", int(max_connection_idle * ms)))
+    if max_connection_age is not None:
+        options.append(("grpc.max_connection_age_ms", int(max_connection_age * ms)))
+    if max_connection_age_grace is not None:
+        options.append(("grpc.max_connection_age_grace_ms", int(max_connection_age_grace * ms)))
+    return options
+
+
+def upstream_channel_options(
+    *,
+    keepalive_time: float | None = 300.0,
+    keepalive_timeout: float = 20.0,
+    keepalive_without_calls: bool = False,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    local_subchannel_pool: bool = False,
+) -> list[tuple[str, int]]:
+    """Options for an upstream channel (``grpc.aio.insecure_channel(target, options=...)``).
+
+    Keepalive defaults to 300 s: a default grpc server refuses pings more often than every
+    5 minutes (GOAWAY ``too_many_pings``), so anything lower must be agreed with the upstream
+    (configure it explicitly then). ``None`` disables keepalive pings.
+    ``local_subchannel_pool`` keeps this channel's connections to itself instead of sharing
+    grpc's process-wide pool (useful for per-cluster credentials and for tests).
+    """
+    ms = 1000
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    if keepalive_time is not None:
+        if keepalive_time <= 0:
+            raise ValueError(f"keepalive_time: must be > 0 seconds, got {keepalive_time}")
+        options += [
+            ("grpc.keepalive_time_ms", int(keepalive_time * ms)),
+            ("grpc.keepalive_timeout_ms", int(keepalive_timeout * ms)),
+            ("grpc.keepalive_permit_without_calls", int(keepalive_without_calls)),
+        ]
+    if local_subchannel_pool:
+        options.append(("grpc.use_local_subchannel_pool", 1))
+    return options
+
+
+class _RequestReplay:
+    """Feeds the downstream request stream to successive attempts, keeping a copy for replay.
+
+    Only one ``context.read()`` is ever outstanding: when an attempt is abandoned while its
+    request pump is inside a read, the next attempt's generator waits for that read, whose
+    message the abandoned generator hands over through the buffer. Once the copy grows past
+    ``cap`` it is dropped and ``replayable`` turns false for the rest of the call.
+    """
+
+    __slots__ = ("_cap", "_context", "_reading", "_size", "_waiters", "attempt", "buffer", "eof")
+
+    def __init__(self, context: grpc.aio.ServicerContext, cap: int) -> None:
+        self._context = context
+        self._cap = cap
+        self._size = 0
+        self._reading = False
+        self._waiters: list[asyncio.Future[None]] = []
+        self.buffer: list[bytes] | None = []
+        self.eof = False
+        self.attempt = 0
+
+    @property
+    def replayable(self) -> bool:
+        return self.buffer is not None
+
+    def next_attempt(self) -> AsyncIterator[bytes]:
+        self.attempt += 1
+        return self._messages(self.attempt)
+
+    async def _read(self) -> Any:
+        self._reading = True
+        try:
+            return await self._context.read()
+        finally:
+            self._reading = False
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _messages(self, attempt: int) -> AsyncIterator[bytes]:
+        index = 0
+        while attempt == self.attempt:
+            buffer = self.buffer
+            if buffer is not None and index < len(buffer):
+                index += 1
+                yield buffer[index - 1]
+                continue
+            if self.eof:
+                return
+            if self._reading:  # an abandoned attempt's pump owns the read: wait for it
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters.append(waiter)
+                await waiter
+                continue
+            message = await self._read()
+            if message is _EOF:
+                self.eof = True
+                return
+            if self.buffer is not None:
+                self.buffer.append(message)
+                self._size += len(message)
+                index += 1
+                if attempt == self.attempt and self._size > self._cap:
+                    self.buffer = None  # too long to replay: commit to this attempt
+            if attempt != self.attempt:
+                return  # abandoned meanwhile: the message went to the buffer for the next one
+            yield message
+
+
+class _Failed(Exception):
+    """An attempt's failure, with whether the upstream had answered anything."""
+
+    def __init__(self, error: grpc.aio.AioRpcError, answered: bool) -> None:
+        super().__init__(error.code())
+        self.error = error
+        self.answered = answered
+
+
+class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """Forwards every method to ``upstream_for(method)`` as raw bytes.
+
+    ``upstream_for(method) -> Upstream | None`` is called per call (a
+    :class:`~sidecar.routing.Router` of upstreams fits, it caches); ``None`` answers
+    ``UNIMPLEMENTED`` naming the path. ``authenticate(metadata) -> None | details`` (e.g.
+    ``TokenAuth(...).check``) runs first; details mean ``UNAUTHENTICATED``.
+    ``forwarded_for`` appends the downstream peer to ``x-forwarded-for``.
+    Add it with ``server.add_generic_rpc_handlers((handler,))``.
+    """
+
+    def __init__(
+        self,
+        upstream_for: Callable[[str], Upstream | None],
+        *,
+        authenticate: Callable[[Metadata], str | None] | None = None,
+        forwarded_for: bool = False,
+    ) -> None:
+        """Keep the callables; nothing is started."""
+        self._upstream_for = upstream_for
+        self._authenticate = authenticate
+        self._forwarded_for = forwarded_for
+        self._callables: dict[tuple[Any, str, RpcKind], Any] = {}
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        """The method handler for one incoming call (grpc calls this per call)."""
+        method: str = handler_call_details.method
+        metadata = handler_call_details.invocation_metadata
+        if self._authenticate is not None:
+            details = self._authenticate(metadata or ())
+            if details is not None:
+                return rejecting_handler(grpc.StatusCode.UNAUTHENTICATED, details)
+        try:
+            upstream = self._upstream_for(method)
+        except Exception as exc:
+            _LOG.error("routing %s failed: %r", method, exc)
+            return rejecting_handler(grpc.StatusCode.INTERNAL, f"proxy: routing {method} failed")
+        if upstream is None:
+            return rejecting_handler(grpc.StatusCode.UNIMPLEMENTED, f"proxy: no route for {method}")
+        headers = forwardable_metadata(metadata)
+        kind = upstream.kind_of(method)
+        # Plain closures rather than functools.partial: grpc checks every behavior with
+        # inspect.iscoroutinefunction per call, which is several times slower on a partial.
+        if kind is RpcKind.STREAM_STREAM or kind is RpcKind.UNARY_STREAM:
+            stream_response = self._stream_response
+
+            async def relay_stream(request: Any, context: grpc.aio.ServicerContext) -> None:
+                await stream_response(upstream, method, headers, kind, request, context)
+
+            if kind is RpcKind.STREAM_STREAM:
+                return grpc.stream_stream_rpc_method_handler(relay_stream)
+            return grpc.unary_stream_rpc_method_handler(relay_stream)
+        unary_response = self._unary_response
+
+        async def relay_unary(request: Any, context: grpc.aio.ServicerContext) -> bytes | None:
+            return await unary_response(upstream, method, headers, kind, request, context)
+
+        if kind is RpcKind.UNARY_UNARY:
+            return grpc.unary_unary_rpc_method_handler(relay_unary)
+        return grpc.stream_unary_rpc_method_handler(relay_unary)
+
+    def _callable(self, channel: Any, method: str, kind: RpcKind) -> Any:
+        key = (channel, method, kind)
+        found = self._callables.get(key)
+        if found is None:
+            found = getattr(channel, kind.value)(method)
+            if len(self._callables) >= _CALL_CACHE_SIZE:
+                self._callables.clear()  # method paths come from the network: stay bounded
+            self._callables[key] = found
+        return found
+
+    def _headers(self, headers: Metadata, context: grpc.aio.ServicerContext) -> Metadata:
+        if not self._forwarded_for:
+            return headers
+        peer = context.peer()  # "ipv4:1.2.3.4:5678" / "ipv6:[::1]:5678"
+        host = peer.partition(":")[2].rpartition(":")[0].strip("[]") or peer
+        previous = [v for k, v in headers if k == "x-forwarded-for" and isinstance(v, str)]
+        value = ", ".join([*previous, host])
+        return (*(kv for kv in headers if kv[0] != "x-forwarded-for"), ("x-forwarded-for", value))
+
+    @staticmethod
+    def _timeout(upstream: Upstream, context: grpc.aio.ServicerContext) -> float | None:
+        remaining: float | None = context.time_remaining()
+        if remaining is None:
+            remaining = upstream.timeout
+        cap = upstream.max_timeout
+        if cap is not None and (remaining is None or remaining > cap):
+            remaining = cap
+        return remaining
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _status_of(
+        upstream: Upstream, error: grpc.aio.AioRpcError, answered: bool
+    ) -> tuple[grpc.StatusCode, str]:
+        code: grpc.StatusCode = error.code()
+        details: str = error.details() or ""
+        if code is grpc.StatusCode.UNAVAILABLE and not answered:
+            details = f"upstream {upstream.name!r} unavailable: {details}"
+        return code, details
+
+    @staticmethod
+    def _internal(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+        _LOG.warning("proxying %s failed: %s: %s", method, type(exc).__name__, exc)
+        context.set_code(grpc.StatusCode.INTERNAL)
+        context.set_details(f"proxy: forwarding failed ({type(exc).__name__})")
+
+    async def _retry_wait(
+        self, upstream: Upstream, attempt: int, failure: _Failed, deadline: float | None
+    ) -> bool:
+        """Sleep the backoff and return True if attempt ``attempt + 1`` may start."""
+        policy = upstream.retry
+        if (
+            policy is None
+            or failure.answered
+            or attempt >= policy.max_attempts
+            or failure.error.code() not in policy.retryable_codes
+        ):
+            return False
+        delay = policy.backoff(attempt)
+        if deadline is not None and asyncio.get_running_loop().time() + delay >= deadline:
+            return False
+        _LOG.debug("retrying on %s after %s (attempt %d)", upstream.name, failure, attempt + 1)
+        await asyncio.sleep(delay)
+        return True
+
+    @staticmethod
+    def _attempt_timeout(deadline: float | None) -> float | None:
+        if deadline is None:
+            return None
+        return deadline - asyncio.get_running_loop().time()
+
+    # -- unary response (unary-unary, stream-unary) ------------------------------------------
+
+    async def _unary_response(
+        self,
+        upstream: Upstream,
+        method: str,
+        headers: Metadata,
+        kind: RpcKind,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+    ) -> bytes | None:
+        timeout = self._timeout(upstream, context)
+        headers = self._headers(headers, context)
+        multicallable = self._callable(upstream.channel, method, kind)
+        streaming = kind is RpcKind.STREAM_UNARY
+        replay = (
+            _RequestReplay(context, upstream.retry.max_buffer_bytes)
+            if streaming and upstream.retry is not None
+            else None
+        )
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            if replay is not None:
+                request = replay.next_attempt()
+            call = multicallable(request, timeout=self._attempt_timeout(deadline), metadata=headers)
+            try:
+                response = await call
+            except grpc.aio.AioRpcError as error:
+                initial = error.initial_metadata()
+                failure = _Failed(error, answered=bool(initial))
+                if (replay is None or replay.replayable) and await self._retry_wait(
+                    upstream, attempt, failure, deadline
+                ):
+                    continue
+                if initial:
+                    await context.send_initial_metadata(initial)
+                code, details = self._status_of(upstream, error, failure.answered)
+                await context.abort(code, details, tuple(error.trailing_metadata() or ()))
+                return None  # not reached: abort raises
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+            except Exception as exc:
+                call.cancel()
+                self._internal(context, method, exc)
+                return None
+            initial = await call.initial_metadata()
+            if initial:
+                await context.send_initial_metadata(initial)
+            trailing = await call.trailing_metadata()
+            if trailing:
+                context.set_trailing_metadata(tuple(trailing))
+            return response  # type: ignore[no-any-return]
+
+    # -- streamed response (unary-stream, stream-stream) ---------------------------------------
+
+    async def _stream_response(
+        self,
+        upstream: Upstream,
+        method: str,
+        headers: Metadata,
+        kind: RpcKind,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        timeout = self._timeout(upstream, context)
+        headers = self._headers(headers, context)
+        multicallable = self._callable(upstream.channel, method, kind)
+        replay = (
+            _RequestReplay(context, upstream.retry.max_buffer_bytes)
+            if kind is RpcKind.STREAM_STREAM and upstream.retry is not None
+            else None
+        )
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            if replay is not None:
+                request = replay.next_attempt()
+            call = multicallable(request, timeout=self._attempt_timeout(deadline), metadata=headers)
+            try:
+                await self._relay(call, context)
+                return
+            except _Failed as failure:
+                if (replay is None or replay.replayable) and await self._retry_wait(
+                    upstream, attempt, failure, deadline
+                ):
+                    continue
+                error = failure.error
+                trailing = error.trailing_metadata()
+                if trailing:
+                    context.set_trailing_metadata(tuple(trailing))
+                code, details = self._status_of(upstream, error, failure.answered)
+                context.set_code(code)
+                context.set_details(details)
+                return
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+            except Exception as exc:
+                call.cancel()
+                self._internal(context, method, exc)
+                return
+
+    @staticmethod
+    async def _relay(call: Any, context: grpc.aio.ServicerContext) -> None:
+        """Relay headers, messages and trailers of ``call``; raise :class:`_Failed` on error.
+
+        Nothing is sent downstream until the upstream has answered something (headers or a
+        message), so a failure before that leaves the call retryable.
+        """
+        initial = await call.initial_metadata()
+        answered = bool(initial)
+        try:
+            if answered:
+                await context.send_initial_metadata(initial)
+            message = await call.read()
+            while message is not _EOF:
+                answered = True
+                await context.write(message)
+                message = await call.read()
+        except grpc.aio.AioRpcError as error:
+            raise _Failed(error, answered) from None
+        trailing = await call.trailing_metadata()
+        if trailing:
+            context.set_trailing_metadata(tuple(trailing))

@@ -1,0 +1,185 @@
+"""TLS credentials from PEM files, reloaded when the files change.
+
+Server side (inbound, mTLS): :class:`ServerTlsFiles` builds
+``grpc.dynamic_ssl_server_credentials`` whose fetcher gRPC calls at the start of every TLS
+handshake. The fetcher ``stat``s the three files (cheap: no read) and only when a signature
+(device, inode, mtime, size) changed re-reads them; if the bytes differ it hands gRPC a new
+certificate configuration. Established connections keep their session; new handshakes use the
+new certificate and client CA. ``os.stat`` follows symlinks, so the Kubernetes secret rotation
+(an atomic swap of the ``..data`` symlink) is seen at once. A writer that replaces the cert and
+the key non-atomically can make a few handshakes fail in between; the next handshake after both
+are written picks up the consistent pair. Read errors keep the previous configuration (logged).
+
+Client side (upstream clusters): :class:`ClientTlsFiles` gives ``grpc.ssl_channel_credentials``
+(CA, optional client cert+key) plus channel options (``grpc.ssl_target_name_override`` for the
+expected server name). Channel credentials are immutable inside grpcio, so reload means building
+new channels: :meth:`ClientTlsFiles.watch` polls the files and calls ``on_change(credentials)``
+with fresh credentials; the owner of the channels (the cluster) uses them for channels/subchannels
+it creates from then on and may recycle old ones. Existing connections are not interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+__all__ = ["ClientTlsFiles", "ServerTlsFiles"]
+
+_LOG = logging.getLogger(__name__)
+
+_Signature = tuple[int, int, int, int]
+
+
+def _signature(path: str) -> _Signature:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class _WatchedFiles:
+    """A set of files read together, re-read only when a stat signature changes."""
+
+    def __init__(self, paths: tuple[str, ...]) -> None:
+        self._paths = paths
+        self._lock = threading.Lock()
+        self.signatures = tuple(_signature(p) for p in paths)
+        self.contents = tuple(_read(p) for p in paths)
+
+    def poll(self) -> bool:
+        """Re-read if any file changed on disk; True when the contents differ from before."""
+        with self._lock:
+            signatures = tuple(_signature(p) for p in self._paths)
+            if signatures == self.signatures:
+                return False
+            contents = tuple(_read(p) for p in self._paths)
+            self.signatures = signatures
+            if contents == self.contents:
+                return False
+            self.contents = contents
+            return True
+
+
+class ServerTlsFiles:
+    """Server credentials from ``cert``/``key`` (PEM) and ``client_ca`` with hot reload.
+
+    ``credentials()`` returns server credentials to pass to ``server.add_secure_port``. With
+    ``require_client_auth`` (the default) a client must present a certificate chaining to
+    ``client_ca``; gRPC (BoringSSL) also rejects expired certificates.
+    """
+
+    def __init__(
+        self, cert: str, key: str, client_ca: str, *, require_client_auth: bool = True
+    ) -> None:
+        """Read the files now; raises ``OSError`` if one cannot be read."""
+        self._files = _WatchedFiles((cert, key, client_ca))
+        self._require_client_auth = require_client_auth
+        self.reloads = 0
+
+    def _configuration(self) -> grpc.ServerCertificateConfiguration:
+        cert, key, ca = self._files.contents
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """The fetcher gRPC calls per handshake: a new configuration, or ``None`` (unchanged)."""
+        try:
+            if not self._files.poll():
+                return None
+            config = self._configuration()
+        except Exception as exc:  # never break handshakes: keep serving the previous config
+            _LOG.warning("TLS files unreadable, keeping the previous certificate: %s", exc)
+            return None
+        self.reloads += 1
+        _LOG.info("TLS certificate reloaded (%d)", self.reloads)
+        return config
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Dynamic server credentials reading the current files at each new handshake."""
+        return grpc.dynamic_ssl_server_credentials(
+            self._configuration(),
+            self.fetch,
+            require_client_authentication=self._require_client_auth,
+        )
+
+
+class ClientTlsFiles:
+    """Upstream (client) TLS: CA bundle, optional client cert+key, optional server name.
+
+    ``server_name`` overrides the name checked against the server certificate (the
+    ``grpc.ssl_target_name_override`` channel option, also used as the ``:authority``), useful
+    when dialing IPs from a resolver.
+    """
+
+    def __init__(
+        self,
+        ca: str,
+        cert: str | None = None,
+        key: str | None = None,
+        *,
+        server_name: str | None = None,
+    ) -> None:
+        """Read the files now (``OSError``); ``cert`` and ``key`` go together (``ValueError``)."""
+        if (cert is None) != (key is None):
+            raise ValueError("tls: cert and key must be given together")
+        paths = (ca,) if cert is None or key is None else (ca, cert, key)
+        self._files = _WatchedFiles(paths)
+        self._server_name = server_name
+        self._credentials = self._build()
+
+    def _build(self) -> grpc.ChannelCredentials:
+        contents = self._files.contents
+        if len(contents) == 3:
+            return grpc.ssl_channel_credentials(
+                root_certificates=contents[0],
+                private_key=contents[2],
+                certificate_chain=contents[1],
+            )
+        return grpc.ssl_channel_credentials(root_certificates=contents[0])
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The credentials built from the files as last read."""
+        return self._credentials
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        """Channel options to add to the upstream channel (the server-name override)."""
+        if self._server_name is None:
+            return []
+        return [("grpc.ssl_target_name_override", self._server_name)]
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the files if they changed; True when new credentials were built."""
+        if not self._files.poll():
+            return False
+        self._credentials = self._build()
+        return True
+
+    async def watch(
+        self,
+        on_change: Callable[[grpc.ChannelCredentials], object],
+        *,
+        interval: float = 5.0,
+    ) -> None:
+        """Poll every ``interval`` seconds; call ``on_change(credentials)`` after a change.
+
+        Runs until cancelled (own the task and cancel it on shutdown). Read errors are logged
+        and retried at the next poll.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                changed = self.reload_if_changed()
+            except Exception as exc:
+                _LOG.warning("upstream TLS files unreadable, keeping credentials: %s", exc)
+                continue
+            if changed:
+                _LOG.info("upstream TLS credentials reloaded")
+                on_change(self._credentials)
