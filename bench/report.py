@@ -1,0 +1,142 @@
+"""Summaries over repeats, ratios between targets, the stdout table and the JSON document."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.stats import Spread, ratio, spread
+
+# (metric key in a run, column title, format of one value)
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("rps", "req/s", "{:.0f}"),
+    ("p50_us", "p50 µs", "{:.0f}"),
+    ("p99_us", "p99 µs", "{:.0f}"),
+    ("proxy_cpu_us_per_req", "proxy CPU µs/req", "{:.1f}"),
+    ("rss_load_kib", "RSS load MiB", "MiB"),
+)
+
+# numerator / denominator pairs shown when both ran
+RATIO_PAIRS: tuple[tuple[str, str], ...] = (
+    ("meshkit", "envoy-1w"),
+    ("meshkit", "envoy-2w"),
+    ("meshkit", "direct"),
+    ("meshkit-2w", "envoy-2w"),
+    ("meshkit-2w", "direct"),
+    ("envoy-1w", "direct"),
+    ("envoy-2w", "direct"),
+)
+RATIO_METRICS = ("rps", "p50_us", "p99_us", "proxy_cpu_us_per_req")
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Spread | None]]]:
+    """``{case: {target: {metric: Spread}}}`` over the verified runs only."""
+    out: dict[str, dict[str, dict[str, Spread | None]]] = {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["case"], run["target"]), []).append(run)
+    for (case, target), members in groups.items():
+        good = [r for r in members if r["ok"]]
+        out.setdefault(case, {})[target] = {
+            key: spread([r[key] for r in good]) for key, _, _ in METRICS
+        }
+    return out
+
+
+def ratios(
+    summary: dict[str, dict[str, dict[str, Spread | None]]],
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """``{case: {"a/b": {metric: median(a)/median(b)}}}`` for the pairs that both have data."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for case, per_target in summary.items():
+        for num, den in RATIO_PAIRS:
+            if num in per_target and den in per_target:
+                out.setdefault(case, {})[f"{num}/{den}"] = {
+                    m: ratio(per_target[num][m], per_target[den][m]) for m in RATIO_METRICS
+                }
+    return out
+
+
+def _fmt(s: Spread | None, fmt: str) -> str:
+    if s is None:
+        return "-"
+    if fmt == "MiB":
+        if s.n == 1:
+            return f"{s.median / 1024:.0f}"
+        return f"{s.median / 1024:.0f} ({s.low / 1024:.0f}-{s.high / 1024:.0f})"
+    if s.n == 1:
+        return fmt.format(s.median)
+    return f"{fmt.format(s.median)} ({fmt.format(s.low)}-{fmt.format(s.high)})"
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The human report: per case a table of medians (min-max), then the ratios."""
+    out: list[str] = []
+    targets = doc["targets"]
+    for name, info in targets.items():
+        if not info["available"]:
+            out.append(f"target {name}: unavailable: {info['reason']}")
+    summary = doc["summary_spreads"]
+    runs = doc["runs"]
+    for case in doc["config"]["cases"]:
+        cname = case["name"]
+        out.append("")
+        out.append(f"== {cname}: {case['description']}")
+        rows = [["target", *(title for _, title, _ in METRICS), "RSS idle MiB", "verified"]]
+        for tname, info in targets.items():
+            if not info["available"] or tname not in summary.get(cname, {}):
+                continue
+            members = [r for r in runs if r["case"] == cname and r["target"] == tname]
+            good = sum(1 for r in members if r["ok"])
+            idle = info.get("rss_idle_kib")
+            rows.append(
+                [
+                    tname,
+                    *(_fmt(summary[cname][tname][key], fmt) for key, _, fmt in METRICS),
+                    f"{idle / 1024:.0f}" if idle else "-",
+                    f"{good}/{len(members)}",
+                ]
+            )
+        if len(rows) > 1:
+            out.append(table(rows))
+        for pair, values in doc["ratios"].get(cname, {}).items():
+            parts = [f"{m}={values[m]:.2f}" for m in RATIO_METRICS if values[m] is not None]
+            if parts:
+                out.append(f"   {pair}: " + "  ".join(parts))
+    failures = [r for r in runs if not r["ok"]]
+    if failures:
+        out.append("")
+        out.append(f"{len(failures)} run(s) failed or not verified:")
+        out.extend(f"  {r['target']} {r['case']} #{r['repeat']}: {r['error']}" for r in failures)
+    return "\n".join(out)
+
+
+def spreads_as_json(
+    summary: dict[str, dict[str, dict[str, Spread | None]]],
+) -> dict[str, dict[str, dict[str, dict[str, float] | None]]]:
+    return {
+        case: {
+            target: {m: (s.as_dict() if s else None) for m, s in metrics.items()}
+            for target, metrics in per_target.items()
+        }
+        for case, per_target in summary.items()
+    }
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,141 @@
+"""The meshkit sidecar as a benchmark target: command line, config file, port discovery.
+
+Contract the harness assumes of ``sidecar run --config FILE`` (adjust here when it changes):
+
+- the config is the YAML of ``sidecar.config``; ``sidecar validate --config FILE`` accepts it;
+- one worker: listeners on ``127.0.0.1:0``, and the sidecar logs a line
+  ``listening outbound=127.0.0.1:PORT`` (stdout or stderr; other ``key=host:port`` pairs such as
+  ``admin=`` may share the line);
+- ``workers: N > 1``: the config refuses port 0 (each worker would get its own port), so the
+  harness reserves a port with a bound, non-listening ``SO_REUSEPORT`` socket it keeps open
+  (no probe-then-bind race: nobody else can take the port meanwhile, and a socket that does not
+  listen gets no connections), gives that port to the sidecar, whose workers bind it with
+  ``SO_REUSEPORT`` (grpcio's default), and waits until the port accepts connections;
+- SIGTERM stops it, with its worker processes (they are in its process group and are counted
+  in CPU and RSS as its descendants).
+
+When ``sidecar run --help`` fails or lacks ``--config``, when ``validate`` rejects the config, or
+when the process exits during start-up, the target is reported unavailable with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LISTENING = re.compile(r"listening\b[^\n]*\boutbound=(?P<host>[\w.:\[\]-]+?):(?P<port>\d+)\b")
+
+
+def base_command() -> list[str]:
+    """The ``sidecar`` console script of this interpreter, else its ``main`` run via ``-c``."""
+    script = Path(sys.executable).with_name("sidecar")
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from sidecar.cli import main; sys.exit(main())"]
+
+
+def unavailable_reason(cwd: str | None = None) -> str | None:
+    """Why ``sidecar run`` cannot be benchmarked, or ``None`` when it looks runnable."""
+    try:
+        out = subprocess.run(
+            [*base_command(), "run", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=cwd,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`sidecar run --help` could not run: {exc}"
+    text = out.stdout + out.stderr
+    if out.returncode != 0:
+        last = text.strip().splitlines()[-1] if text.strip() else f"exit {out.returncode}"
+        return f"`sidecar run` subcommand missing ({last})"
+    if "--config" not in text:
+        return "`sidecar run` subcommand missing (`sidecar run --help` does not mention --config)"
+    return None
+
+
+def config(
+    backends: list[tuple[str, int]],
+    *,
+    workers: int = 1,
+    outbound_port: int = 0,
+    admin_port: int = 0,
+) -> dict[str, Any]:
+    """Outbound on 127.0.0.1, every path to one round-robin cluster over ``backends``."""
+    target = "static:///" + ",".join(f"{host}:{port}" for host, port in backends)
+    doc: dict[str, Any] = {
+        "admin": {"listen": f"127.0.0.1:{admin_port}"},
+        "outbound": {
+            "listen": f"127.0.0.1:{outbound_port}",
+            "routes": [{"prefix": "/", "cluster": "backend"}],
+        },
+        "clusters": {"backend": {"target": target, "lb_policy": "round_robin"}},
+        "log_level": "warning",
+    }
+    if workers != 1:
+        doc["workers"] = workers
+    return doc
+
+
+def write_config(path: Path, doc: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def validate_error(config_path: Path, cwd: str | None = None) -> str | None:
+    """``sidecar validate``'s complaint about the generated config, ``None`` when accepted."""
+    try:
+        out = subprocess.run(
+            [*base_command(), "validate", "--config", str(config_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=cwd,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`sidecar validate` could not run: {exc}"
+    if out.returncode == 0:
+        return None
+    return "config rejected: " + " | ".join(out.stderr.strip().splitlines()[-3:])
+
+
+def reserve_port() -> socket.socket:
+    """A bound, non-listening SO_REUSEPORT socket on 127.0.0.1:0; keep it open while in use."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def argv(config_path: Path, extra: list[str]) -> list[str]:
+    return [*base_command(), "run", "--config", str(config_path), *extra]
+
+
+def environment(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    env.setdefault("PYTHONUNBUFFERED", "1")  # the port line must reach the log file at once
+    return env
+
+
+def parse_listening(text: str) -> tuple[str, int] | None:
+    """``(host, port)`` of the outbound listener from the sidecar's log, if it said so yet."""
+    match = LISTENING.search(text)
+    if not match:
+        return None
+    return match.group("host"), int(match.group("port"))
