@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -335,4 +336,17 @@ class SyncSubchannel(Subchannel):
             self.channel.unsubscribe(self._on_connectivity)
         if grace:
             await asyncio.to_thread(self._drained.wait, grace)
+        await asyncio.to_thread(self._wait_poller_stopped, 1.0)
         self.channel.close()
+
+    def _wait_poller_stopped(self, timeout: float) -> None:
+        # grpcio's connectivity poller wakes every 0.2 s and calls into the channel; closing the
+        # channel under it makes that thread die with "Channel closed!". With no subscriber left
+        # it exits on its next wake-up, so wait for that (grpcio keeps the flag in a private
+        # object: if it is not there, close at once as before).
+        state = getattr(self.channel, "_connectivity_state", None)
+        if state is None:  # grpc.intercept_channel wraps the real channel
+            state = getattr(getattr(self.channel, "_channel", None), "_connectivity_state", None)
+        deadline = time.monotonic() + timeout
+        while getattr(state, "polling", False) and time.monotonic() < deadline:
+            time.sleep(0.02)

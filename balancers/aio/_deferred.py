@@ -90,7 +90,8 @@ class DeferredCall:
             )
             return
         except asyncio.CancelledError:
-            self._fail(grpc.StatusCode.CANCELLED, "cancelled before an endpoint was picked")
+            if self._error is None:
+                self._fail(grpc.StatusCode.CANCELLED, "cancelled before an endpoint was picked")
             raise
         sc = result.subchannel
         ser, deser, registered = serializers
@@ -156,6 +157,8 @@ class DeferredCall:
         if self._error is not None:
             return False
         self._locally_cancelled = True
+        # Settle now: a task cancelled before its first step never runs its except clause.
+        self._fail(grpc.StatusCode.CANCELLED, "cancelled before an endpoint was picked")
         self._task.cancel()
         return True
 

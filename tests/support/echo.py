@@ -67,7 +67,7 @@ class EchoServicer(echo_pb2_grpc.EchoServicer):  # type: ignore[misc]
             context.set_trailing_metadata((("x-echo-trailer", "failed"),))
             await context.abort(status, request.message)  # type: ignore[attr-defined]
 
-    async def Unary(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def Unary(self, request, context):  # type: ignore[no-untyped-def]
         self.calls["Unary"] += 1
         self.active += 1
         try:
@@ -77,18 +77,18 @@ class EchoServicer(echo_pb2_grpc.EchoServicer):  # type: ignore[misc]
         finally:
             self.active -= 1
 
-    async def ServerStream(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def ServerStream(self, request, context):  # type: ignore[no-untyped-def]
         self.calls["ServerStream"] += 1
         await self._maybe_fail_or_wait(request, context)
         for i in range(max(request.count, 1)):
             yield EchoReply(message=f"{request.message}#{i}", server=self.name)
 
-    async def ClientStream(self, request_iterator, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def ClientStream(self, request_iterator, context):  # type: ignore[no-untyped-def]
         self.calls["ClientStream"] += 1
         parts = [r.message async for r in request_iterator]
         return EchoReply(message=",".join(parts), server=self.name)
 
-    async def BidiStream(self, request_iterator, context):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def BidiStream(self, request_iterator, context):  # type: ignore[no-untyped-def]
         self.calls["BidiStream"] += 1
         async for r in request_iterator:
             await self._maybe_fail_or_wait(r, context)
@@ -103,10 +103,11 @@ class EchoServer:
     port: int
     servicer: EchoServicer
     extra: dict[str, object] = field(default_factory=dict)
+    host: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     async def stop(self, grace: float | None = None) -> None:
         await self.server.stop(grace)
@@ -129,7 +130,7 @@ async def start_echo_server(
         extra["health"] = hs
     port = server.add_insecure_port(f"{host}:0")
     await server.start()
-    return EchoServer(server, port, servicer, extra)
+    return EchoServer(server, port, servicer, extra, host)
 
 
 async def aiter_requests(*messages: str) -> AsyncIterator[object]:

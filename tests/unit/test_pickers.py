@@ -1,0 +1,287 @@
+"""Pickers, the aggregation rule, and the subchannel-set balancer, against fake subchannels."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import balancers
+from balancers._base import (
+    CONNECTING,
+    IDLE,
+    READY,
+    TRANSIENT_FAILURE,
+    ErrorPicker,
+    NoSubchannelAvailable,
+    Picker,
+    PickFailed,
+    PickInfo,
+    QueuePicker,
+    SubchannelState,
+    aggregate,
+)
+from balancers.pick_first import FirstReadyPicker
+from balancers.round_robin import RoundRobinPicker
+from resolvers import Address, ResolverState
+
+INFO = PickInfo("/svc/M")
+
+
+class FakeSubchannel:
+    """Stands in for a real subchannel: an address, a state, a connect flag."""
+
+    def __init__(self, address: Address, listener: Any) -> None:
+        self.address = address
+        self.listener = listener
+        self.state = SubchannelState(IDLE)
+        self.connected = False
+
+    def connect(self) -> None:
+        self.connected = True
+
+    def set(self, connectivity: grpc.ChannelConnectivity) -> None:
+        self.state = SubchannelState(connectivity, f"{self.address} {connectivity.name}")
+        self.listener(self, self.state)
+
+
+class FakeController:
+    """Records what a policy asks of the channel."""
+
+    def __init__(self) -> None:
+        self.subchannels: dict[Address, FakeSubchannel] = {}
+        self.removed: list[FakeSubchannel] = []
+        self.published: list[tuple[grpc.ChannelConnectivity, Picker]] = []
+        self.resolve_now_calls = 0
+
+    def new_subchannel(self, address: Address, listener: Any) -> Any:
+        sc = FakeSubchannel(address, listener)
+        self.subchannels[address] = sc
+        return sc
+
+    def remove_subchannel(self, sc: Any) -> None:
+        self.removed.append(sc)
+        self.subchannels.pop(sc.address, None)
+
+    def update_state(self, connectivity: grpc.ChannelConnectivity, picker: Picker) -> None:
+        self.published.append((connectivity, picker))
+
+    def resolve_now(self) -> None:
+        self.resolve_now_calls += 1
+
+    @property
+    def state(self) -> grpc.ChannelConnectivity:
+        return self.published[-1][0]
+
+    @property
+    def picker(self) -> Picker:
+        return self.published[-1][1]
+
+
+def addrs(*ports: int) -> tuple[Address, ...]:
+    return tuple(Address("10.0.0.1", p) for p in ports)
+
+
+def build(policy: str = "round_robin") -> tuple[FakeController, Any]:
+    controller = FakeController()
+    balancer = balancers.get(policy).build(controller, balancers.BalancerOptions("static:///x"))
+    return controller, balancer
+
+
+def test_round_robin_cycles_in_order_from_the_start_index() -> None:
+    scs = [FakeSubchannel(a, None) for a in addrs(1, 2, 3)]
+    picker = RoundRobinPicker(scs, start=1)  # type: ignore[arg-type]
+    picked = [picker.pick(INFO).subchannel for _ in range(7)]
+    assert picked == [scs[1], scs[2], scs[0], scs[1], scs[2], scs[0], scs[1]]
+
+
+def test_round_robin_start_is_random() -> None:
+    scs = [FakeSubchannel(a, None) for a in addrs(1, 2, 3, 4)]
+    firsts = {RoundRobinPicker(scs).pick(INFO).subchannel for _ in range(200)}  # type: ignore[arg-type]
+    assert len(firsts) == 4
+
+
+def test_round_robin_is_even() -> None:
+    scs = [FakeSubchannel(a, None) for a in addrs(1, 2, 3)]
+    picker = RoundRobinPicker(scs)  # type: ignore[arg-type]
+    counts = collections.Counter(picker.pick(INFO).subchannel for _ in range(300))
+    assert sorted(counts.values()) == [100, 100, 100]
+
+
+def test_first_ready_picker() -> None:
+    scs = [FakeSubchannel(a, None) for a in addrs(5, 6)]
+    assert FirstReadyPicker(scs).pick(INFO).subchannel is scs[0]  # type: ignore[arg-type]
+
+
+def test_queue_and_error_pickers() -> None:
+    with pytest.raises(NoSubchannelAvailable):
+        QueuePicker().pick(INFO)
+    with pytest.raises(PickFailed) as failed:
+        ErrorPicker(grpc.StatusCode.UNAVAILABLE, "why").pick(INFO)
+    assert failed.value.code is grpc.StatusCode.UNAVAILABLE and failed.value.details == "why"
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        ([READY, TRANSIENT_FAILURE], READY),
+        ([CONNECTING, TRANSIENT_FAILURE, IDLE], CONNECTING),
+        ([IDLE, TRANSIENT_FAILURE], IDLE),
+        ([TRANSIENT_FAILURE, TRANSIENT_FAILURE], TRANSIENT_FAILURE),
+        ([], TRANSIENT_FAILURE),
+    ],
+)
+def test_aggregation_rule(states: list[Any], expected: Any) -> None:
+    assert aggregate(states) is expected
+
+
+def test_picker_only_uses_ready_subchannels() -> None:
+    controller, balancer = build()
+    balancer.update_resolver_state(ResolverState(addrs(1, 2, 3)))
+    assert all(sc.connected for sc in controller.subchannels.values())
+    assert controller.state is IDLE  # until a subchannel reports CONNECTING
+    for sc in controller.subchannels.values():
+        sc.set(CONNECTING)
+    assert controller.state is CONNECTING
+    with pytest.raises(NoSubchannelAvailable):
+        controller.picker.pick(INFO)
+    a1, a2, a3 = (controller.subchannels[a] for a in addrs(1, 2, 3))
+    a1.set(READY)
+    a3.set(READY)
+    a2.set(TRANSIENT_FAILURE)
+    assert controller.state is READY
+    picked = {controller.picker.pick(INFO).subchannel for _ in range(10)}
+    assert picked == {a1, a3}
+
+
+def test_resolver_update_adds_and_removes_subchannels() -> None:
+    controller, balancer = build()
+    balancer.update_resolver_state(ResolverState(addrs(1, 2)))
+    first = dict(controller.subchannels)
+    balancer.update_resolver_state(ResolverState(addrs(2, 3)))
+    assert [sc.address for sc in controller.removed] == [addrs(1)[0]]
+    assert controller.subchannels[addrs(2)[0]] is first[addrs(2)[0]]  # kept, not reconnected
+    assert set(controller.subchannels) == set(addrs(2, 3))
+
+
+def test_no_addresses_fails_with_reason() -> None:
+    controller, balancer = build()
+    balancer.update_resolver_state(ResolverState((), note="NXDOMAIN for svc.test."))
+    assert controller.state is TRANSIENT_FAILURE
+    with pytest.raises(PickFailed, match="no addresses resolved for static:///x: NXDOMAIN"):
+        controller.picker.pick(INFO)
+
+
+def test_resolver_error_before_any_address_fails_calls() -> None:
+    controller, balancer = build()
+    balancer.resolver_error(RuntimeError("timed out"))
+    with pytest.raises(PickFailed, match="name resolution failed.*timed out"):
+        controller.picker.pick(INFO)
+
+
+def test_resolver_error_keeps_good_addresses() -> None:
+    controller, balancer = build()
+    balancer.update_resolver_state(ResolverState(addrs(1)))
+    controller.subchannels[addrs(1)[0]].set(READY)
+    balancer.resolver_error(RuntimeError("timed out"))
+    assert controller.state is READY
+    assert controller.picker.pick(INFO).subchannel.address == addrs(1)[0]
+
+
+def test_all_failing_reports_last_error_and_resolves_again() -> None:
+    controller, balancer = build()
+    balancer.update_resolver_state(ResolverState(addrs(1, 2)))
+    for sc in list(controller.subchannels.values()):
+        sc.set(CONNECTING)
+        sc.set(TRANSIENT_FAILURE)
+    assert controller.state is TRANSIENT_FAILURE
+    assert controller.resolve_now_calls == 2
+    with pytest.raises(PickFailed, match="all 2 endpoints of static:///x failing"):
+        controller.picker.pick(INFO)
+
+
+def test_failed_endpoint_stays_failed_while_reconnecting() -> None:
+    controller, balancer = build()
+    balancer.update_resolver_state(ResolverState(addrs(1)))
+    sc = controller.subchannels[addrs(1)[0]]
+    sc.set(TRANSIENT_FAILURE)
+    sc.set(CONNECTING)  # grpcio retrying: still failing for fail-fast calls
+    assert controller.state is TRANSIENT_FAILURE
+    sc.set(READY)
+    assert controller.state is READY
+
+
+def test_pick_first_prefers_first_address_and_fails_over() -> None:
+    controller, balancer = build("pick_first")
+    balancer.update_resolver_state(ResolverState(addrs(1, 2)))
+    s1, s2 = (controller.subchannels[a] for a in addrs(1, 2))
+    s2.set(READY)
+    assert controller.picker.pick(INFO).subchannel is s2
+    s1.set(READY)
+    assert controller.picker.pick(INFO).subchannel is s1
+    s1.set(TRANSIENT_FAILURE)
+    assert controller.picker.pick(INFO).subchannel is s2
+
+
+def test_close_removes_everything() -> None:
+    controller, balancer = build()
+    balancer.update_resolver_state(ResolverState(addrs(1, 2)))
+    balancer.close()
+    balancer.close()
+    assert len(controller.removed) == 2
+
+
+STATES = [IDLE, CONNECTING, READY, TRANSIENT_FAILURE]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    policy=st.sampled_from(["round_robin", "pick_first"]),
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("state"), st.integers(0, 3), st.sampled_from(STATES)),
+            st.tuples(st.just("resolve"), st.sets(st.integers(0, 3)), st.just(None)),
+        ),
+        max_size=40,
+    ),
+)
+def test_published_state_always_matches_subchannels(policy: str, steps: list[Any]) -> None:
+    """Whatever the transitions: a READY channel's picker picks only READY subchannels it
+    owns; a channel with no READY subchannel never hands one out; state follows the rule."""
+    controller, balancer = build(policy)
+    balancer.update_resolver_state(ResolverState(addrs(10, 11, 12, 13)))
+    failed: set[Address] = set()
+    for kind, arg, state in steps:
+        if kind == "state":
+            live = list(controller.subchannels.values())
+            if not live:
+                continue
+            sc = live[arg % len(live)]
+            sc.set(state)
+            if state is TRANSIENT_FAILURE:
+                failed.add(sc.address)
+            elif state is READY:
+                failed.discard(sc.address)
+        else:
+            wanted = addrs(*(10 + i for i in sorted(arg)))
+            balancer.update_resolver_state(ResolverState(wanted))
+            failed &= set(wanted)
+        live = list(controller.subchannels.values())
+        effective = [
+            TRANSIENT_FAILURE
+            if sc.address in failed and sc.state.connectivity is not READY
+            else sc.state.connectivity
+            for sc in live
+        ]
+        assert controller.state is aggregate(effective)
+        if controller.state is READY:
+            for _ in range(len(live) + 1):
+                chosen = controller.picker.pick(INFO).subchannel
+                assert chosen in live and chosen.state.connectivity is READY
+        else:
+            with pytest.raises((NoSubchannelAvailable, PickFailed)):
+                controller.picker.pick(INFO)
