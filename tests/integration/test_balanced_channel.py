@@ -152,8 +152,7 @@ def sync_servers() -> Iterator[list[str]]:
             servers = [await start_echo_server(n, health=True) for n in "abc"]
             addresses.extend(s.address for s in servers)
             ready.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.02)
+            await asyncio.to_thread(stop.wait)
             for s in servers:
                 await s.stop(None)
 

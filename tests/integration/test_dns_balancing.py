@@ -81,7 +81,7 @@ def ready(channel: balancers.aio.BalancedChannel | balancers.BalancedSyncChannel
 
 
 async def test_spread_over_three_dns_endpoints(dns: DnsServer, backends: tuple) -> None:
-    port, servers = backends
+    port, _servers = backends
     dns.set_a(NAME, IPS, ttl=30)
     async with balancers.aio.insecure_channel(dns.target(NAME, port)) as channel:
         await wait_until(lambda: ready(channel) == set(IPS), message="3 endpoints READY")
@@ -99,7 +99,7 @@ async def test_spread_over_three_dns_endpoints(dns: DnsServer, backends: tuple) 
 async def test_scale_up_new_endpoint_gets_traffic_within_ttl(
     dns: DnsServer, backends: tuple
 ) -> None:
-    port, servers = backends
+    port, _servers = backends
     dns.set_a(NAME, IPS[:2], ttl=TTL)
     async with balancers.aio.insecure_channel(dns.target(NAME, port)) as channel:
         await wait_until(lambda: ready(channel) == set(IPS[:2]))
@@ -138,7 +138,7 @@ async def test_scale_down_removed_endpoint_gets_nothing_and_no_call_fails(
 
 
 async def test_dns_outage_keeps_last_good_endpoints(dns: DnsServer, backends: tuple) -> None:
-    port, servers = backends
+    port, _servers = backends
     dns.set_a(NAME, IPS[:2], ttl=TTL)
     async with balancers.aio.insecure_channel(dns.target(NAME, port)) as channel:
         await wait_until(lambda: ready(channel) == set(IPS[:2]))
@@ -159,7 +159,7 @@ async def test_dns_outage_keeps_last_good_endpoints(dns: DnsServer, backends: tu
 async def test_nxdomain_fails_fast_then_wait_for_ready_call_succeeds_on_new_record(
     dns: DnsServer, backends: tuple
 ) -> None:
-    port, servers = backends
+    port, _servers = backends
     async with balancers.aio.insecure_channel(dns.target(NAME, port)) as channel:
         stub = EchoStub(channel)
         await wait_until(lambda: dns.queries[NAME, "A"] > 0)
@@ -212,7 +212,7 @@ async def test_failing_endpoint_triggers_resolve_now(dns: DnsServer, backends: t
 
 
 async def test_sync_channel_follows_scale_up(dns: DnsServer, backends: tuple) -> None:
-    port, servers = backends
+    port, _servers = backends
     dns.set_a(NAME, IPS[:1], ttl=TTL)
     dns_change = threading.Event()
 

@@ -172,7 +172,7 @@ def test_no_addresses_fails_with_reason() -> None:
     controller, balancer = build()
     balancer.update_resolver_state(ResolverState((), note="NXDOMAIN for svc.test."))
     assert controller.state is TRANSIENT_FAILURE
-    with pytest.raises(PickFailed, match="no addresses resolved for static:///x: NXDOMAIN"):
+    with pytest.raises(PickFailed, match=r"no addresses resolved for static:///x: NXDOMAIN"):
         controller.picker.pick(INFO)
 
 
