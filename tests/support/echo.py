@@ -42,6 +42,8 @@ class EchoServicer(echo_pb2_grpc.EchoServicer):  # type: ignore[misc]
         self.calls: collections.Counter[str] = collections.Counter()
         self.cancelled = 0
         self.active = 0
+        self.fail_with: grpc.StatusCode | None = None
+        """When set, every unary call fails with this code (a sick backend)."""
 
     def _reply(self, request: object, context: grpc.aio.ServicerContext) -> object:
         remaining = context.time_remaining()
@@ -71,6 +73,8 @@ class EchoServicer(echo_pb2_grpc.EchoServicer):  # type: ignore[misc]
         self.calls["Unary"] += 1
         self.active += 1
         try:
+            if self.fail_with is not None:
+                await context.abort(self.fail_with, f"{self.name} is failing on purpose")
             await self._maybe_fail_or_wait(request, context)
             context.set_trailing_metadata((("x-echo-trailer", self.name),))
             return self._reply(request, context)
