@@ -16,12 +16,9 @@ from typing import Any
 import grpc
 
 from balancers._base import Connectivity, DoneInfo, PickFailed, PickInfo
+from balancers._channel_api import ChannelMethods
 from balancers._core import ChannelCore, ChannelSettings, channel_options
 from balancers._subchannel import (
-    STREAM_STREAM,
-    STREAM_UNARY,
-    UNARY_STREAM,
-    UNARY_UNARY,
     StateListener,
     Subchannel,
     SyncSubchannel,
@@ -97,7 +94,11 @@ class PickError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
 
 
 class _SyncMultiCallable:
-    """Pick on the caller's thread, then call grpcio's sync multicallable."""
+    """Pick on the caller's thread, then call grpcio's sync multicallable.
+
+    Every grpcio verb takes the same arguments, so each is written once here and the four
+    call types below pick the verbs their grpcio interface has.
+    """
 
     def __init__(
         self,
@@ -124,34 +125,12 @@ class _SyncMultiCallable:
         real = sc.multicallable(self._kind, self._method, self._ser, self._deser, self._registered)
         return sc, done, remaining, real
 
-    @staticmethod
-    def _track(call: Any, sc: SyncSubchannel, done: Callable[[DoneInfo], None] | None) -> None:
-        def finished(c: Any) -> None:
-            sc.release()
-            sc.call_done(c.code(), done)
-
-        call.add_done_callback(finished)
-
-    def _blocking(
-        self,
-        with_call: bool,
-        request: Any,
-        timeout: float | None,
-        metadata: Any,
-        credentials: Any,
-        wait_for_ready: bool | None,
-        compression: Any,
-    ) -> Any:
-        sc, done, remaining, real = self._start(timeout, metadata, wait_for_ready)
+    def _blocking(self, with_call: bool, request: Any, **kwargs: Any) -> Any:
+        sc, done, kwargs["timeout"], real = self._start(
+            kwargs["timeout"], kwargs["metadata"], kwargs["wait_for_ready"]
+        )
         try:
-            result = real.with_call(
-                request,
-                timeout=remaining,
-                metadata=metadata,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
+            result = real.with_call(request, **kwargs)
         except grpc.RpcError as error:
             sc.release()
             sc.call_done(error.code(), done)
@@ -160,168 +139,130 @@ class _SyncMultiCallable:
         sc.call_done(grpc.StatusCode.OK, done)
         return result if with_call else result[0]
 
+    def _nonblocking(self, verb: str, request: Any, **kwargs: Any) -> Any:
+        try:
+            sc, done, kwargs["timeout"], real = self._start(
+                kwargs["timeout"], kwargs["metadata"], kwargs["wait_for_ready"]
+            )
+        except PickError as error:
+            return error  # a finished future / a stream whose iteration raises, like grpcio's
+        call = getattr(real, verb)(request, **kwargs)
+
+        def finished(c: Any) -> None:
+            sc.release()
+            sc.call_done(c.code(), done)
+
+        call.add_done_callback(finished)
+        return call
+
+    def _call_blocking(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._blocking(
+            False,
+            request,
+            timeout=timeout,
+            metadata=metadata,
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+
+    def _with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._blocking(
+            True,
+            request,
+            timeout=timeout,
+            metadata=metadata,
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+
     def _future(
         self,
         request: Any,
-        timeout: float | None,
-        metadata: Any,
-        credentials: Any,
-        wait_for_ready: bool | None,
-        compression: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
     ) -> Any:
-        try:
-            sc, done, remaining, real = self._start(timeout, metadata, wait_for_ready)
-        except PickError as error:
-            return error
-        call = real.future(
+        return self._nonblocking(
+            "future",
             request,
-            timeout=remaining,
+            timeout=timeout,
             metadata=metadata,
             credentials=credentials,
             wait_for_ready=wait_for_ready,
             compression=compression,
         )
-        self._track(call, sc, done)
-        return call
 
-    def _streaming(
+    def _stream(
         self,
         request: Any,
-        timeout: float | None,
-        metadata: Any,
-        credentials: Any,
-        wait_for_ready: bool | None,
-        compression: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
     ) -> Any:
-        try:
-            sc, done, remaining, real = self._start(timeout, metadata, wait_for_ready)
-        except PickError as error:
-            return error  # iterating it raises, as grpcio's failed streams do
-        call = real(
+        return self._nonblocking(
+            "__call__",
             request,
-            timeout=remaining,
+            timeout=timeout,
             metadata=metadata,
             credentials=credentials,
             wait_for_ready=wait_for_ready,
             compression=compression,
         )
-        self._track(call, sc, done)
-        return call
 
 
 class _SyncUnaryUnary(_SyncMultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
-    def __call__(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        return self._blocking(
-            False, request, timeout, metadata, credentials, wait_for_ready, compression
-        )
-
-    def with_call(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        return self._blocking(
-            True, request, timeout, metadata, credentials, wait_for_ready, compression
-        )
-
-    def future(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        return self._future(request, timeout, metadata, credentials, wait_for_ready, compression)
+    __call__ = _SyncMultiCallable._call_blocking
+    with_call = _SyncMultiCallable._with_call
+    future = _SyncMultiCallable._future
 
 
 class _SyncUnaryStream(_SyncMultiCallable, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
-    def __call__(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        return self._streaming(request, timeout, metadata, credentials, wait_for_ready, compression)
+    __call__ = _SyncMultiCallable._stream
 
 
 class _SyncStreamUnary(_SyncMultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
-    def __call__(
-        self,
-        request_iterator: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        return self._blocking(
-            False, request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-        )
+    """``request`` is the request iterator."""
 
-    def with_call(
-        self,
-        request_iterator: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        return self._blocking(
-            True, request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-        )
-
-    def future(
-        self,
-        request_iterator: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        return self._future(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-        )
+    __call__ = _SyncMultiCallable._call_blocking
+    with_call = _SyncMultiCallable._with_call
+    future = _SyncMultiCallable._future
 
 
 class _SyncStreamStream(_SyncMultiCallable, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
-    def __call__(
-        self,
-        request_iterator: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        return self._streaming(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-        )
+    """``request`` is the request iterator."""
+
+    __call__ = _SyncMultiCallable._stream
 
 
-class BalancedSyncChannel(grpc.Channel):  # type: ignore[misc]
+class BalancedSyncChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
     """A ``grpc.Channel`` whose calls are spread over the endpoints a resolver finds.
 
     Build it with :func:`balancers.insecure_channel` or :func:`balancers.secure_channel`.
     """
+
+    _multicallable_types = (_SyncUnaryUnary, _SyncUnaryStream, _SyncStreamUnary, _SyncStreamStream)
 
     def __init__(
         self,
@@ -343,6 +284,7 @@ class BalancedSyncChannel(grpc.Channel):  # type: ignore[misc]
         )
         self._thread.start()
         self._closed = False
+        self._multicallable_owner = self
         try:
             self._core: ChannelCore = self._run(self._build(target, settings))
             self._options = channel_options(options, self._core.target)
@@ -426,70 +368,6 @@ class BalancedSyncChannel(grpc.Channel):  # type: ignore[misc]
                 )
 
     # -- grpc.Channel --------------------------------------------------------------------------
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _SyncUnaryUnary(
-            self,
-            UNARY_UNARY,
-            method,
-            request_serializer,
-            response_deserializer,
-            bool(_registered_method),
-        )
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _SyncUnaryStream(
-            self,
-            UNARY_STREAM,
-            method,
-            request_serializer,
-            response_deserializer,
-            bool(_registered_method),
-        )
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _SyncStreamUnary(
-            self,
-            STREAM_UNARY,
-            method,
-            request_serializer,
-            response_deserializer,
-            bool(_registered_method),
-        )
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _SyncStreamStream(
-            self,
-            STREAM_STREAM,
-            method,
-            request_serializer,
-            response_deserializer,
-            bool(_registered_method),
-        )
 
     def subscribe(
         self, callback: Callable[[Connectivity], None], try_to_connect: bool = False

@@ -10,12 +10,9 @@ import grpc
 
 from balancers._base import READY, SHUTDOWN, Connectivity, PickFailed, PickInfo
 from balancers._calls import aio_call_code
+from balancers._channel_api import ChannelMethods
 from balancers._core import ChannelCore, ChannelSettings, channel_options
 from balancers._subchannel import (
-    STREAM_STREAM,
-    STREAM_UNARY,
-    UNARY_STREAM,
-    UNARY_UNARY,
     AioSubchannel,
     StateListener,
     Subchannel,
@@ -105,12 +102,14 @@ class _StreamStream(_MultiCallable, grpc.aio.StreamStreamMultiCallable):  # type
     __slots__ = ()
 
 
-class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
+class BalancedChannel(ChannelMethods, grpc.aio.Channel):  # type: ignore[misc]
     """A ``grpc.aio.Channel`` whose calls are spread over the endpoints a resolver finds.
 
     Build it with :func:`balancers.aio.insecure_channel` or :func:`balancers.aio.secure_channel`.
     Needs a running event loop at construction, like ``grpc.aio`` channels in practice.
     """
+
+    _multicallable_types = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
 
     def __init__(
         self,
@@ -126,6 +125,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         self._compression = compression
         self._interceptors = list(interceptors) if interceptors else None
         self._core = ChannelCore(target, self._make_subchannel, settings, loop)
+        self._multicallable_owner = self._core
         self._options = channel_options(options, self._core.target)
         self._state_event = asyncio.Event()
         self._core.add_state_watcher(self._on_core_state)
@@ -163,70 +163,6 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         return self._core
 
     # -- grpc.aio.Channel ----------------------------------------------------------------------
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _UnaryUnary(
-            self._core,
-            UNARY_UNARY,
-            method,
-            request_serializer,
-            response_deserializer,
-            bool(_registered_method),
-        )
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _UnaryStream(
-            self._core,
-            UNARY_STREAM,
-            method,
-            request_serializer,
-            response_deserializer,
-            bool(_registered_method),
-        )
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _StreamUnary(
-            self._core,
-            STREAM_UNARY,
-            method,
-            request_serializer,
-            response_deserializer,
-            bool(_registered_method),
-        )
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool | None = False,
-    ) -> Any:
-        return _StreamStream(
-            self._core,
-            STREAM_STREAM,
-            method,
-            request_serializer,
-            response_deserializer,
-            bool(_registered_method),
-        )
 
     def get_state(self, try_to_connect: bool = False) -> Connectivity:
         """The aggregate connectivity of the endpoints (gRPC's rule)."""

@@ -1,0 +1,72 @@
+"""The four multicallable factories of grpcio's channel APIs, written once for both twins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from balancers._subchannel import STREAM_STREAM, STREAM_UNARY, UNARY_STREAM, UNARY_UNARY
+
+
+class ChannelMethods:
+    """Mixin: ``unary_unary`` & co. build ``_multicallable_types[kind]`` objects.
+
+    A channel sets ``_multicallable_types`` (one class per call type, indexed by kind) and
+    ``_multicallable_owner`` (what those classes are built around).
+    """
+
+    _multicallable_types: tuple[type, type, type, type]
+    _multicallable_owner: Any
+
+    def _new_multicallable(
+        self, kind: int, method: str, ser: Any, deser: Any, registered: bool | None
+    ) -> Any:
+        cls = self._multicallable_types[kind]
+        return cls(self._multicallable_owner, kind, method, ser, deser, bool(registered))
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        """A unary-unary multicallable for ``method`` (generated stubs call this)."""
+        return self._new_multicallable(
+            UNARY_UNARY, method, request_serializer, response_deserializer, _registered_method
+        )
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        """A unary-stream multicallable for ``method``."""
+        return self._new_multicallable(
+            UNARY_STREAM, method, request_serializer, response_deserializer, _registered_method
+        )
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        """A stream-unary multicallable for ``method``."""
+        return self._new_multicallable(
+            STREAM_UNARY, method, request_serializer, response_deserializer, _registered_method
+        )
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        """A stream-stream multicallable for ``method``."""
+        return self._new_multicallable(
+            STREAM_STREAM, method, request_serializer, response_deserializer, _registered_method
+        )
