@@ -2,7 +2,8 @@
 
 ``balancers.insecure_channel(target)`` is a sync ``grpc.Channel``;
 ``balancers.aio.insecure_channel(target)`` a ``grpc.aio.Channel``. Policies register by name
-(``round_robin``, the default, and ``pick_first`` are built in); third-party policies use
+(``round_robin``, the default, ``pick_first`` and ``weighted_round_robin`` for SRV weights
+are built in); third-party policies use
 :func:`register` or the ``meshkit.balancers`` entry-point group.
 """
 
@@ -34,10 +35,12 @@ from balancers._registry import ENTRY_POINT_GROUP, get, policy_names, register
 from balancers._sync import BalancedSyncChannel, PickError
 from balancers.pick_first import PickFirstBuilder
 from balancers.round_robin import RoundRobinBuilder
+from balancers.weighted_round_robin import WeightedRoundRobinBuilder
 from resolvers import ResolverOptions
 
 register(RoundRobinBuilder())
 register(PickFirstBuilder())
+register(WeightedRoundRobinBuilder())
 
 __all__ = [
     "ENTRY_POINT_GROUP",

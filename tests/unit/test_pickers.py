@@ -179,7 +179,7 @@ def test_no_addresses_fails_with_reason() -> None:
 def test_resolver_error_before_any_address_fails_calls() -> None:
     controller, balancer = build()
     balancer.resolver_error(RuntimeError("timed out"))
-    with pytest.raises(PickFailed, match="name resolution failed.*timed out"):
+    with pytest.raises(PickFailed, match=r"name resolution failed.*timed out"):
         controller.picker.pick(INFO)
 
 
@@ -285,3 +285,47 @@ def test_published_state_always_matches_subchannels(policy: str, steps: list[Any
         else:
             with pytest.raises((NoSubchannelAvailable, PickFailed)):
                 controller.picker.pick(INFO)
+
+
+def test_smooth_weighted_schedule_is_proportional_and_interleaved() -> None:
+    from balancers.weighted_round_robin import smooth_schedule
+
+    assert smooth_schedule([5, 1, 1]) == [0, 0, 1, 0, 2, 0, 0]
+    assert collections.Counter(smooth_schedule([30, 10])) == {0: 3, 1: 1}  # gcd-reduced
+    assert smooth_schedule([0, 0]) == [0, 1]  # SRV weight 0 counts as 1
+    big = smooth_schedule([65535, 1, 30000])
+    assert len(big) <= 1001 and collections.Counter(big)[1] >= 1
+
+
+def test_weighted_round_robin_uses_address_weights() -> None:
+    controller, balancer = build("weighted_round_robin")
+    heavy, light = Address("10.0.0.1", 1, {"weight": 3}), Address("10.0.0.2", 1, {"weight": 1})
+    balancer.update_resolver_state(ResolverState((heavy, light)))
+    for sc in controller.subchannels.values():
+        sc.set(READY)
+    counts = collections.Counter(
+        controller.picker.pick(INFO).subchannel.address for _ in range(400)
+    )
+    assert counts == {heavy: 300, light: 100}
+
+
+def test_builtin_plugins_load_through_their_entry_point_groups() -> None:
+    """The installed distribution's entry points name every built-in plugin."""
+    from resolvers._plugins import PluginRegistry
+
+    fresh_resolvers: PluginRegistry[Any] = PluginRegistry("meshkit.resolvers", "scheme", "r")
+    assert {"static", "dns", "dns+srv"} <= set(fresh_resolvers.names())
+    assert fresh_resolvers.get("dns+srv").scheme == "dns+srv"
+    fresh_policies: PluginRegistry[Any] = PluginRegistry("meshkit.balancers", "name", "p")
+    assert {"round_robin", "pick_first", "weighted_round_robin"} <= set(fresh_policies.names())
+
+
+def test_registry_rejects_nameless_plugins_and_names_known_ones() -> None:
+    from resolvers._plugins import PluginRegistry
+
+    registry: PluginRegistry[Any] = PluginRegistry("meshkit.none", "scheme", "resolver")
+    with pytest.raises(ValueError, match="non-empty 'scheme'"):
+        registry.register(object())
+    registry.register(type("B", (), {"scheme": "x"})())
+    with pytest.raises(LookupError, match="no resolver 'y'; known: x"):
+        registry.get("y")
