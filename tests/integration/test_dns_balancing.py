@@ -253,3 +253,41 @@ async def test_scale_up_on_a_port_bound_later(dns: DnsServer) -> None:
         if extra is not None:
             with contextlib.suppress(Exception):
                 await extra.stop(None)
+
+
+async def test_sync_removed_endpoint_finishes_in_flight_and_close_releases(
+    dns: DnsServer, backends: tuple
+) -> None:
+    port, servers = backends
+    dns.set_a(NAME, IPS[:2], ttl=TTL)
+    started = threading.Event()
+    removed = threading.Event()
+
+    def client() -> list[str]:
+        channel = balancers.insecure_channel(dns.target(NAME, port))
+        try:
+            wait_until_sync(lambda: ready(channel) == set(IPS[:2]))
+            stub = EchoStub(channel)
+            slow = [
+                stub.Unary.future(EchoRequest(message="slow", delay_s=1.5), timeout=20)
+                for _ in range(4)
+            ]
+            started.set()
+            assert removed.wait(15)
+            wait_until_sync(
+                lambda: IPS[1] not in {sc.address.host for sc in channel.core.subchannels}
+            )
+            servers_seen = [f.result().server for f in slow]  # all finish OK
+            assert stub.Unary(EchoRequest(message="after"), timeout=5).server == IPS[0]
+            return servers_seen
+        finally:
+            channel.close()
+            assert not channel._thread.is_alive()  # the private loop thread is gone
+
+    future = asyncio.get_running_loop().run_in_executor(None, client)
+    await wait_until(started.is_set, timeout=15)
+    await wait_until(lambda: servers[IPS[1]].servicer.active >= 1)
+    dns.set_a(NAME, IPS[:1], ttl=TTL)
+    removed.set()
+    seen = await future
+    assert IPS[1] in seen and len(seen) == 4
