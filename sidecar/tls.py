@@ -78,16 +78,23 @@ class ServerTlsFiles:
     """
 
     def __init__(
-        self, cert: str, key: str, client_ca: str, *, require_client_auth: bool = True
+        self, cert: str, key: str, client_ca: str | None, *, require_client_auth: bool = True
     ) -> None:
-        """Read the files now; raises ``OSError`` if one cannot be read."""
-        self._files = _WatchedFiles((cert, key, client_ca))
+        """Read the files now; raises ``OSError`` if one cannot be read.
+
+        ``client_ca`` may be ``None`` only without ``require_client_auth`` (plain server TLS).
+        """
+        if client_ca is None and require_client_auth:
+            raise ValueError("tls: client_ca is required to verify client certificates")
+        self._files = _WatchedFiles((cert, key) if client_ca is None else (cert, key, client_ca))
         self._require_client_auth = require_client_auth
         self.reloads = 0
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
-        cert, key, ca = self._files.contents
-        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+        cert, key, *ca = self._files.contents
+        return grpc.ssl_server_certificate_configuration(
+            [(key, cert)], root_certificates=ca[0] if ca else None
+        )
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """The fetcher gRPC calls per handshake: a new configuration, or ``None`` (unchanged)."""
@@ -121,29 +128,35 @@ class ClientTlsFiles:
 
     def __init__(
         self,
-        ca: str,
+        ca: str | None,
         cert: str | None = None,
         key: str | None = None,
         *,
         server_name: str | None = None,
     ) -> None:
-        """Read the files now (``OSError``); ``cert`` and ``key`` go together (``ValueError``)."""
+        """Read the files now (``OSError``); ``cert`` and ``key`` go together (``ValueError``).
+
+        ``ca`` ``None`` verifies servers against the system's root certificates.
+        """
         if (cert is None) != (key is None):
             raise ValueError("tls: cert and key must be given together")
-        paths = (ca,) if cert is None or key is None else (ca, cert, key)
+        self._has_ca = ca is not None
+        paths: tuple[str, ...] = () if ca is None else (ca,)
+        if cert is not None and key is not None:
+            paths += (cert, key)
         self._files = _WatchedFiles(paths)
         self._server_name = server_name
         self._credentials = self._build()
 
     def _build(self) -> grpc.ChannelCredentials:
         contents = self._files.contents
-        if len(contents) == 3:
+        ca = contents[0] if self._has_ca else None
+        pair = contents[1:] if self._has_ca else contents
+        if pair:
             return grpc.ssl_channel_credentials(
-                root_certificates=contents[0],
-                private_key=contents[2],
-                certificate_chain=contents[1],
+                root_certificates=ca, private_key=pair[1], certificate_chain=pair[0]
             )
-        return grpc.ssl_channel_credentials(root_certificates=contents[0])
+        return grpc.ssl_channel_credentials(root_certificates=ca)
 
     def credentials(self) -> grpc.ChannelCredentials:
         """The credentials built from the files as last read."""

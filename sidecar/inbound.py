@@ -1,0 +1,221 @@
+"""The inbound listener: peers call it (mTLS, token auth); calls go to the local app.
+
+It also serves ``grpc.health.v1.Health`` itself, for kubelet gRPC probes and meshkit
+balancers in other pods. The health service is registered with ``add_registered_method_handlers``
+(grpcio's generated ``add_HealthServicer_to_server``): grpc-core matches a registered path before
+any generic handler is asked, so health calls never reach the forwarding handler; that also means
+they skip token auth (probes carry no token). It is added first anyway, so a grpcio that only
+consulted generic handlers in order would still answer health here.
+
+The overall status (``""``, and ``app_health.service`` when named) is SERVING only while the
+local app is healthy, as :class:`AppHealth` sees it, and the sidecar is not draining (the drain
+flips everything to NOT_SERVING for good).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from health import AioHealthService, HealthVerdict, watch_health
+from sidecar import proxy
+from sidecar.auth import MISSING_TOKEN, TokenAuth
+from sidecar.config import AppHealthConfig, AuthConfig, InboundConfig
+from sidecar.outbound import bind, listener_options
+from sidecar.tls import ServerTlsFiles
+
+__all__ = ["AppHealth", "InboundListener", "authenticator"]
+
+_LOG = logging.getLogger(__name__)
+
+
+def authenticator(config: AuthConfig) -> Callable[[proxy.Metadata], str | None]:
+    """The ``authenticate`` check of ``config``: :class:`TokenAuth` on the configured header.
+
+    ``TokenAuth`` reads ``authorization: Bearer <token>``; another header or scheme is mapped
+    onto that shape first. Raises ``OSError`` when the token file cannot be read.
+    """
+    auth = TokenAuth(config.tokens_file)
+    if config.header == "authorization" and config.scheme.lower() == "bearer":
+        return auth.check
+    header, scheme = config.header, config.scheme.lower()
+    missing = f"missing token: expected metadata '{header}'" + (
+        f" with '{config.scheme} <token>'" if scheme else ""
+    )
+
+    def check(metadata: proxy.Metadata) -> str | None:
+        value = next((v for k, v in metadata if k == header), None)
+        if not isinstance(value, str):
+            return missing
+        token = value.strip()
+        if scheme:
+            given, _, token = token.partition(" ")
+            if given.lower() != scheme:
+                return missing
+        details = auth.check((("authorization", f"Bearer {token.strip()}"),))
+        return missing if details == MISSING_TOKEN else details
+
+    return check
+
+
+class AppHealth:
+    """Follows the local app's health and reports ``on_change(healthy, reason)``.
+
+    With ``app_health.enabled`` it watches the app's own ``grpc.health.v1`` service
+    (``watch_health``, reconnecting within ``interval``). When the app does not implement
+    it (``DISABLED``), or checking is off, the app counts as healthy while the channel to it is
+    connected (READY) and unhealthy when connecting fails (TRANSIENT_FAILURE).
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        config: AppHealthConfig,
+        on_change: Callable[[bool, str], None],
+    ) -> None:
+        self._channel = channel
+        self._config = config
+        self._on_change = on_change
+        self.healthy = False
+        self.reason = "local app not checked yet"
+
+    def _set(self, healthy: bool, reason: str) -> None:
+        if (healthy, reason) != (self.healthy, self.reason):
+            if healthy != self.healthy:
+                _LOG.info("local app %s: %s", "healthy" if healthy else "unhealthy", reason)
+            self.healthy, self.reason = healthy, reason
+            self._on_change(healthy, reason)
+
+    def _verdict(self, verdict: HealthVerdict, reason: str) -> None:
+        if verdict is HealthVerdict.DISABLED:
+            return  # watch_health returns next; connectivity decides from then on
+        self._set(verdict is HealthVerdict.HEALTHY, f"health check: {reason}")
+
+    async def run(self) -> None:
+        """Follow the app until cancelled."""
+        if self._config.enabled:
+            interval = float(self._config.interval)
+            await watch_health(
+                self._channel,
+                self._config.service,
+                self._verdict,
+                initial_backoff=min(1.0, interval),
+                max_backoff=interval,
+                label="local app",
+            )
+        await self._follow_connectivity()
+
+    async def _follow_connectivity(self) -> None:
+        connectivity = grpc.ChannelConnectivity
+        while True:
+            # try_to_connect: an IDLE channel (never used, or its connection dropped) only
+            # reconnects when asked, and we want to know whether the app is there.
+            state = self._channel.get_state(try_to_connect=True)
+            if state is connectivity.READY:
+                self._set(True, "connected (no health service)")
+            elif state is connectivity.TRANSIENT_FAILURE:
+                self._set(False, "cannot connect to the local app")
+            elif state is connectivity.SHUTDOWN:
+                return
+            await self._channel.wait_for_state_change(state)
+
+
+class InboundListener:
+    """A ``grpc.aio`` server forwarding to the local app, with its own health service."""
+
+    def __init__(
+        self,
+        config: InboundConfig,
+        *,
+        metrics: Any = None,
+        tracer: Any = None,
+    ) -> None:
+        """Create the server, read TLS and token files, bind (``OSError`` on failure)."""
+        self.config = config
+        self.health = AioHealthService()
+        self.app_channel = grpc.aio.insecure_channel(
+            str(config.app),
+            options=[
+                *proxy.upstream_channel_options(),
+                # notice a restarted app within the health interval, not grpc's 120 s backoff
+                ("grpc.max_reconnect_backoff_ms", max(1000, config.app_health.interval.ms)),
+            ],
+        )
+        self._upstream = proxy.Upstream("local app", self.app_channel)
+        self.app_health = AppHealth(self.app_channel, config.app_health, self._app_changed)
+        self._task: asyncio.Task[None] | None = None
+        self._status_task: asyncio.Task[None] | None = None
+        self._status_dirty = asyncio.Event()
+        extra: dict[str, Any] = {"forwarded_for": True}
+        if config.auth is not None:
+            extra["authenticate"] = authenticator(config.auth)
+        if metrics is not None:
+            extra["metrics"] = metrics
+        if tracer is not None:
+            extra["tracer"] = tracer
+        self.server = grpc.aio.server(
+            options=listener_options(config.keepalive, config.max_concurrent_streams)
+        )
+        self.health.add_to_server(self.server)  # before the generic handler: see module doc
+        self.server.add_generic_rpc_handlers((proxy.ProxyHandler(self._upstream_for, **extra),))
+        credentials = None
+        if config.tls is not None:
+            credentials = ServerTlsFiles(
+                config.tls.cert,
+                config.tls.key,
+                config.tls.client_ca,
+                require_client_auth=config.tls.require_client_cert,
+            ).credentials()
+        self.host = config.listen.host
+        self.port = bind(self.server, str(config.listen), credentials)
+
+    def _upstream_for(self, method: str) -> proxy.Upstream:
+        return self._upstream
+
+    @property
+    def address(self) -> str:
+        """``host:port`` actually bound."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def app_healthy(self) -> bool:
+        """Whether the local app is healthy now."""
+        return self.app_health.healthy
+
+    def _app_changed(self, healthy: bool, reason: str) -> None:
+        self._status_dirty.set()
+
+    async def _publish_status(self) -> None:
+        # One writer applies the latest verdict: set() awaits, so writing from each
+        # callback could apply verdicts out of order.
+        services = {"", self.config.app_health.service}
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
+            for service in services:
+                await self.health.set(service, self.app_health.healthy)
+
+    async def start(self) -> None:
+        """Report NOT_SERVING until the app is seen healthy, then start serving."""
+        for service in {"", self.config.app_health.service}:
+            await self.health.set(service, False)
+        loop = asyncio.get_running_loop()
+        self._status_task = loop.create_task(self._publish_status(), name="inbound-health")
+        self._task = loop.create_task(self.app_health.run(), name="app-health")
+        await self.server.start()
+
+    async def close(self) -> None:
+        """Stop following the app and close the channel to it (the server is stopped
+        by the drain)."""
+        for task in (self._task, self._status_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.app_channel.close(None)
