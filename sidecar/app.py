@@ -403,12 +403,18 @@ class Sidecar:
             )
         logging.getLogger().setLevel(new.log_level.upper())
         grace = float(new.drain.grace_period)
-        for cluster in old_clusters.retired_by(clusters):
+        retired = old_clusters.retired_by(clusters)
+        for cluster in retired:
             self._closing.spawn(cluster.close(grace), f"close-cluster-{cluster.name}")
         self._reloads.labels("applied").inc()
+        built = sorted(name for name in clusters if clusters[name] not in old_clusters.values())
+        removed = sorted(name for name in old_clusters if name not in clusters)
         _LOG.info(
-            "config applied: %d cluster(s), %d rebuilt",
+            "config applied: %d cluster(s); built: %s; removed: %s; %d closing within %s s",
             len(clusters),
-            len(old_clusters.retired_by(clusters)),
+            ", ".join(built) or "none",
+            ", ".join(removed) or "none",
+            len(retired),
+            grace,
         )
         return True

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -25,11 +26,11 @@ import grpc
 from health import AioHealthService, HealthVerdict, watch_health
 from sidecar import proxy
 from sidecar.auth import MISSING_TOKEN, TokenAuth
-from sidecar.config import AppHealthConfig, AuthConfig, InboundConfig
+from sidecar.config import AppHealthConfig, AuthConfig, InboundConfig, InboundTlsConfig
 from sidecar.outbound import bind, listener_options
 from sidecar.tls import ServerTlsFiles
 
-__all__ = ["AppHealth", "InboundListener", "authenticator"]
+__all__ = ["AppHealth", "InboundListener", "authenticator", "check_tls_files"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -125,6 +126,21 @@ class AppHealth:
             await self._channel.wait_for_state_change(state)
 
 
+def check_tls_files(tls: InboundTlsConfig) -> None:
+    """Load the TLS files once with :mod:`ssl`, so a bad file is named at start-up (grpc
+    itself only reports "failed to bind"). Raises ``OSError`` saying which file is wrong."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ValueError) as exc:
+        raise OSError(f"inbound.tls: cannot use cert {tls.cert} with its key: {exc}") from None
+    if tls.client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=tls.client_ca)
+        except (OSError, ValueError) as exc:
+            raise OSError(f"inbound.tls.client_ca: cannot load {tls.client_ca}: {exc}") from None
+
+
 class InboundListener:
     """A ``grpc.aio`` server forwarding to the local app, with its own health service."""
 
@@ -165,6 +181,7 @@ class InboundListener:
         self.server.add_generic_rpc_handlers((proxy.ProxyHandler(self._upstream_for, **extra),))
         credentials = None
         if config.tls is not None:
+            check_tls_files(config.tls)
             credentials = ServerTlsFiles(
                 config.tls.cert,
                 config.tls.key,

@@ -36,11 +36,20 @@ START_TIMEOUT = 20.0
 class Sidecar:
     """One sidecar process; ``addresses`` holds what it announced (``outbound`` ...)."""
 
-    def __init__(self, config: dict[str, Any], directory: Path, name: str = "sidecar") -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        directory: Path,
+        name: str = "sidecar",
+        config_path: Path | None = None,
+    ) -> None:
         self.directory = directory
-        self.config_path = directory / f"{name}.yaml"
         self.log_path = directory / f"{name}.log"
-        self.write_config(config)
+        if config_path is None:
+            self.config_path = directory / f"{name}.yaml"
+            self.write_config(config)
+        else:  # laid out by the test (a ConfigMap volume)
+            self.config_path = config_path
         self.config = config
         self.addresses: dict[str, str] = {}
         self.stdout_lines: list[str] = []
@@ -77,7 +86,6 @@ class Sidecar:
     @property
     def log(self) -> str:
         """Everything the process wrote on stderr so far."""
-        self._log.flush()
         return self.log_path.read_text()
 
     def expected_listeners(self) -> set[str]:
@@ -179,12 +187,20 @@ class Sidecars:
         self.started: list[Sidecar] = []
 
     async def start(
-        self, config: dict[str, Any], *, ready: bool = True, name: str | None = None
+        self,
+        config: dict[str, Any],
+        *,
+        ready: bool = True,
+        name: str | None = None,
+        config_path: Path | None = None,
     ) -> Sidecar:
-        """Start one with ``config`` (drain timings default short) and wait for it."""
-        config = {"drain": {"drain_delay": "0.2s", "grace_period": "5s"}, **config}
-        config.setdefault("admin", {"listen": "127.0.0.1:0"})
-        sidecar = Sidecar(config, self.directory, name or f"sidecar{len(self.started)}")
+        """Start one with ``config`` (drain timings default short) and wait for it.
+
+        With ``config_path`` the test has written the file (``config`` must match it).
+        """
+        config = with_defaults(config)
+        name = name or f"sidecar{len(self.started)}"
+        sidecar = Sidecar(config, self.directory, name, config_path)
         self.started.append(sidecar)
         await sidecar.wait_listening()
         if ready:
@@ -192,8 +208,11 @@ class Sidecars:
         return sidecar
 
     def kill_all(self) -> None:
+        """Kill every process; then fail if one of them logged a traceback."""
         for sidecar in self.started:
             sidecar.kill()
+        for sidecar in self.started:
+            assert "Traceback" not in sidecar.log, sidecar.log
 
 
 @pytest.fixture
@@ -217,6 +236,13 @@ async def echo() -> AsyncIterator[EchoServer]:
     server = await start_echo_server("echo")
     yield server
     await server.stop(None)
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` plus short drain timings and an admin listener on port 0, unless set."""
+    config = {"drain": {"drain_delay": "0.2s", "grace_period": "5s"}, **config}
+    config.setdefault("admin", {"listen": "127.0.0.1:0"})
+    return config
 
 
 def outbound_config(target: str, **cluster: Any) -> dict[str, Any]:
