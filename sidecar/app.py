@@ -8,6 +8,9 @@
 3. one line per listener on stdout, flushed: ``listening outbound=127.0.0.1:15001`` (also
    ``inbound=`` and ``admin=``); tools parse these to find ports bound as ``:0``.
 
+With ``workers: N`` the parent also starts ``N - 1`` worker processes serving the same ports
+(:mod:`sidecar.workers`); the admin server and the stdout lines are the parent's.
+
 A start-up failure (port in use, unreadable certificate) prints one ``sidecar: cannot start:``
 line on stderr and exits 1.
 
@@ -37,6 +40,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import time
@@ -51,8 +55,9 @@ from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.inbound import InboundListener
 from sidecar.lifecycle import ConfigWatcher, ServerGroup, TaskSet
 from sidecar.outbound import OutboundListener
+from sidecar.workers import Workers
 
-__all__ = ["Sidecar", "StartupError", "run"]
+__all__ = ["Sidecar", "StartupError", "run", "worker_main"]
 
 _LOG = logging.getLogger("meshkit.sidecar")
 
@@ -73,6 +78,22 @@ class StartupError(Exception):
 def run(config: SidecarConfig, config_path: str | None = None) -> int:
     """Run the sidecar until drained; returns the exit status."""
     return _run_loop(Sidecar(config, config_path).run)
+
+
+def worker_main(config_path: str) -> int:
+    """Entry point of a worker process (see :mod:`sidecar.workers`)."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(f"config error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[worker %(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    return _run_loop(Sidecar(config, config_path, worker=True).run)
 
 
 def _run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -130,9 +151,15 @@ def _effective(old: SidecarConfig, new: SidecarConfig) -> SidecarConfig:
 class Sidecar:
     """One sidecar process's state; :meth:`run` is its whole life."""
 
-    def __init__(self, config: SidecarConfig, config_path: str | None = None) -> None:
+    def __init__(
+        self, config: SidecarConfig, config_path: str | None = None, *, worker: bool = False
+    ) -> None:
+        """``worker``: a worker process of a parent sidecar (no admin, no stdout lines)."""
         self.config = config
         self.config_path = config_path
+        self.worker = worker
+        self._parent_pid = os.getppid()
+        self._workers: Workers | None = None
         self.registry = CollectorRegistry()
         self.clusters = ClusterSet({})
         self.outbound: OutboundListener | None = None
@@ -212,8 +239,8 @@ class Sidecar:
 
     async def _start(self) -> None:
         config = self.config
-        if config.workers > 1:
-            _LOG.warning("workers: %d requested; this build runs 1 worker process", config.workers)
+        if config.workers > 1 and not self.worker and self.config_path is None:
+            _LOG.warning("workers: %d needs a config file; running 1 process", config.workers)
         metrics, tracer = self._telemetry(config)
         try:
             self.clusters = ClusterSet.build(config.clusters)
@@ -239,6 +266,7 @@ class Sidecar:
             ServerGroup(servers),
             self.inbound.health if self.inbound is not None else None,
             drain_config,
+            on_event=self._drain_event,
         )
         if self.outbound is not None:
             await self.outbound.start()
@@ -247,9 +275,17 @@ class Sidecar:
             await self.inbound.start()
             self.addresses["inbound"] = self.inbound.address
         self._tasks.spawn(self._beat(), "heartbeat")
-        await self._start_admin()
         loop = asyncio.get_running_loop()
-        self.drain.install_signal_handlers((signal.SIGTERM, signal.SIGINT))
+        if self.worker:
+            self.drain.install_signal_handlers((signal.SIGTERM,))
+            loop.add_signal_handler(signal.SIGINT, lambda: None)  # see sidecar.workers
+        else:
+            await self._start_admin()
+            self.drain.install_signal_handlers((signal.SIGTERM, signal.SIGINT))
+            if config.workers > 1 and self.config_path is not None:
+                self._workers = Workers(self.config_path, config.workers - 1)
+                self._workers.start()
+                self._tasks.spawn(self._workers.supervise(), "workers")
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         if self.config_path is not None:
             self._watcher = ConfigWatcher(self.config_path, self.reload)
@@ -293,11 +329,20 @@ class Sidecar:
     async def _beat(self) -> None:
         while True:
             self._heartbeat = time.monotonic()
+            drain = self.drain
+            if self.worker and os.getppid() != self._parent_pid and drain and not drain.draining:
+                _LOG.warning("parent sidecar gone: draining")
+                drain.request()
             await asyncio.sleep(_HEARTBEAT)
+
+    def _drain_event(self, what: str) -> None:
+        if self._workers is not None and what in ("draining", "forced"):
+            self._workers.signal(signal.SIGTERM)  # the second one makes them stop at once
 
     def _announce(self) -> None:
         for name, address in self.addresses.items():
-            print(f"listening {name}={address}", flush=True)
+            if not self.worker:
+                print(f"listening {name}={address}", flush=True)
             _LOG.info("listening %s=%s", name, address)
 
     async def _shutdown(self, *, forced: bool) -> None:
@@ -311,6 +356,9 @@ class Sidecar:
             # start-up failed after servers were created: stop them without a grace
             servers = [x.server for x in (self.outbound, self.inbound) if x is not None]
             await ServerGroup(servers).stop(None)
+        if self._workers is not None:
+            drain = self.config.drain
+            await self._workers.wait(0.0 if forced else drain.drain_delay + drain.grace_period + 2)
         if forced:
             await self._closing.cancel()
         else:
@@ -330,6 +378,8 @@ class Sidecar:
 
     def _on_sighup(self) -> None:
         _LOG.info("SIGHUP: reloading %s", self.config_path)
+        if self._workers is not None:
+            self._workers.signal(signal.SIGHUP)
         self._tasks.spawn(self.reload(), "reload")
 
     async def _watch_cluster_tls(self) -> None:

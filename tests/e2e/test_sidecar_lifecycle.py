@@ -251,3 +251,54 @@ async def test_config_file_change_on_disk_triggers_reload(
     publish(volume, with_defaults(outbound_config(static(b))), 2)
     await wait_until(lambda: _answered_by(sidecar, "b"), timeout=10, message="reloaded from disk")
     assert "changed on disk" in sidecar.log
+
+
+# -- workers -----------------------------------------------------------------------------------
+
+
+def reserve(option: int) -> socket.socket:
+    """A bound, non-listening socket on 127.0.0.1:0 holding a port for the sidecar (no
+    probe-then-bind race; it gets no connections since it never listens)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, option, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreading, /proc")
+async def test_workers_share_the_port_and_drain_together(
+    sidecars: Sidecars, echo: EchoServer
+) -> None:
+    # grpc listeners bind with SO_REUSEPORT, the admin server with SO_REUSEADDR
+    with reserve(socket.SO_REUSEPORT) as outbound, reserve(socket.SO_REUSEADDR) as admin:
+        config = outbound_config(static(echo))
+        config["outbound"]["listen"] = f"127.0.0.1:{outbound.getsockname()[1]}"
+        config["admin"] = {"listen": f"127.0.0.1:{admin.getsockname()[1]}"}
+        config["workers"] = 2
+        sidecar = await sidecars.start(config)
+        await sidecar.wait_log("[worker", timeout=15)
+        await sidecar.wait_log("listening outbound", after=sidecar.log.index("[worker"))
+        (worker,) = children(sidecar.process.pid)
+        calls = 40
+        for _ in range(calls):  # a new connection each: the kernel spreads them by hash
+            assert await unary(sidecar.outbound) == "echo"
+        clusters = await sidecar.get_json("/clusters")
+        parent_picks = sum(e["picks"] for e in clusters["backend"]["endpoints"])
+        assert parent_picks < calls  # the worker served the rest
+        sidecar.send(signal.SIGTERM)
+        assert await sidecar.wait_exit(timeout=10) == 0
+        assert _gone(worker)
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (reaped, or a zombie awaiting its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
