@@ -54,8 +54,10 @@ from sidecar.clusters import ClusterSet, build_router
 from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.inbound import InboundListener
 from sidecar.lifecycle import ConfigWatcher, ServerGroup, TaskSet
+from sidecar.observability import ClusterCollector, build_tracer, clusters_snapshot
 from sidecar.outbound import OutboundListener
 from sidecar.workers import Workers
+from telemetry.metrics import GrpcMetrics
 
 __all__ = ["Sidecar", "StartupError", "run", "worker_main"]
 
@@ -204,8 +206,6 @@ class Sidecar:
 
     def clusters_view(self) -> dict[str, Any]:
         """The ``/clusters`` document."""
-        from sidecar.observability import clusters_snapshot
-
         clusters = self.clusters
         document = clusters_snapshot(clusters.channels())
         for name, entry in document.items():
@@ -294,9 +294,6 @@ class Sidecar:
             self._tasks.spawn(self._watch_cluster_tls(), "cluster-tls-watch")
 
     def _telemetry(self, config: SidecarConfig) -> tuple[Any, Any]:
-        from sidecar.observability import ClusterCollector, build_tracer
-        from telemetry.metrics import GrpcMetrics
-
         metrics = None
         if config.telemetry.prometheus:
             metrics = GrpcMetrics(self.registry, "server")

@@ -101,14 +101,17 @@ class AppHealth:
         """Follow the app until cancelled."""
         if self._config.enabled:
             interval = float(self._config.interval)
-            await watch_health(
-                self._channel,
-                self._config.service,
-                self._verdict,
-                initial_backoff=min(1.0, interval),
-                max_backoff=interval,
-                label="local app",
-            )
+            try:
+                await watch_health(
+                    self._channel,
+                    self._config.service,
+                    self._verdict,
+                    initial_backoff=min(1.0, interval),
+                    max_backoff=interval,
+                    label="local app",
+                )
+            except Exception as exc:  # never leave the health frozen: fall back, say so
+                _LOG.error("watching the local app's health failed (%r); using its connection", exc)
         await self._follow_connectivity()
 
     async def _follow_connectivity(self) -> None:
