@@ -43,13 +43,27 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from telemetry.metrics import (
+    BIDI_STREAM,
+    CLIENT_STREAM,
+    SERVER_STREAM,
+    UNARY,
+    GrpcMetrics,
+    split_method,
+)
+from telemetry.metrics import RpcKind as GrpcType
+from telemetry.tracing import extract_context, inject_context
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -98,6 +112,8 @@ DROPPED_HEADERS = frozenset(
 _EOF = grpc.aio.EOF
 _CALL_CACHE_SIZE = 4096
 
+_Relay = Callable[..., Awaitable[Any]]
+
 
 class RpcKind(enum.Enum):
     """The RPC kind of a method, a hint for a cheaper forwarding path.
@@ -111,6 +127,28 @@ class RpcKind(enum.Enum):
     UNARY_STREAM = "unary_stream"
     STREAM_UNARY = "stream_unary"
     STREAM_STREAM = "stream_stream"
+
+
+# The ``grpc_type`` label of each forwarding path. Without a kind hint the proxy cannot tell a
+# unary call from a bidi one on the wire, so unhinted methods are counted as ``bidi_stream``.
+_GRPC_TYPES: dict[RpcKind, GrpcType] = {
+    RpcKind.UNARY_UNARY: UNARY,
+    RpcKind.UNARY_STREAM: SERVER_STREAM,
+    RpcKind.STREAM_UNARY: CLIENT_STREAM,
+    RpcKind.STREAM_STREAM: BIDI_STREAM,
+}
+# Codes that mark a server span as failed (OpenTelemetry RPC conventions for gRPC servers);
+# the others are the caller's problem, not the server's.
+_SERVER_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -359,6 +397,14 @@ class _Failed(Exception):
         self.answered = answered
 
 
+def _end_span(span: trace.Span, code: grpc.StatusCode) -> None:
+    if span.is_recording():
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code in _SERVER_ERROR_CODES:
+            span.set_status(Status(StatusCode.ERROR, code.name))
+    span.end()
+
+
 class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
     """Forwards every method to ``upstream_for(method)`` as raw bytes.
 
@@ -368,6 +414,14 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
     ``TokenAuth(...).check``) runs first; details mean ``UNAUTHENTICATED``.
     ``forwarded_for`` appends the downstream peer to ``x-forwarded-for``.
     Add it with ``server.add_generic_rpc_handlers((handler,))``.
+
+    ``metrics`` (a server-side :class:`~telemetry.metrics.GrpcMetrics`) counts every call
+    started and handled with its final code, and observes its duration; calls rejected before
+    routing count too (as ``bidi_stream``). ``grpc_type`` comes from the route's kind hints
+    (``bidi_stream`` when unhinted). ``tracer`` makes one SERVER span per proxied call, child of
+    the ``traceparent`` the caller sent; when that span is sampled the forwarded
+    ``traceparent`` names it, otherwise the caller's headers go upstream untouched.
+    Without either, calls take exactly the uninstrumented path.
     """
 
     def __init__(
@@ -376,12 +430,22 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         *,
         authenticate: Callable[[Metadata], str | None] | None = None,
         forwarded_for: bool = False,
+        metrics: GrpcMetrics | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         """Keep the callables; nothing is started."""
         self._upstream_for = upstream_for
         self._authenticate = authenticate
         self._forwarded_for = forwarded_for
+        self._metrics = metrics
+        self._tracer = tracer
         self._callables: dict[tuple[Any, str, RpcKind], Any] = {}
+        # Chosen once so the per-call path pays for instrumentation only when it is on.
+        self._unary_relay: Callable[..., Awaitable[bytes | None]] = self._unary_response
+        self._stream_relay: Callable[..., Awaitable[None]] = self._stream_response
+        if metrics is not None or tracer is not None:
+            self._unary_relay = functools.partial(self._observed, self._unary_response)
+            self._stream_relay = functools.partial(self._observed, self._stream_response)
 
     # -- dispatch -------------------------------------------------------------------------
 
@@ -392,20 +456,22 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         if self._authenticate is not None:
             details = self._authenticate(metadata or ())
             if details is not None:
-                return rejecting_handler(grpc.StatusCode.UNAUTHENTICATED, details)
+                return self._reject(method, grpc.StatusCode.UNAUTHENTICATED, details)
         try:
             upstream = self._upstream_for(method)
         except Exception as exc:
             _LOG.error("routing %s failed: %r", method, exc)
-            return rejecting_handler(grpc.StatusCode.INTERNAL, f"proxy: routing {method} failed")
+            return self._reject(method, grpc.StatusCode.INTERNAL, f"proxy: routing {method} failed")
         if upstream is None:
-            return rejecting_handler(grpc.StatusCode.UNIMPLEMENTED, f"proxy: no route for {method}")
+            return self._reject(
+                method, grpc.StatusCode.UNIMPLEMENTED, f"proxy: no route for {method}"
+            )
         headers = forwardable_metadata(metadata)
         kind = upstream.kind_of(method)
         # Plain closures rather than functools.partial: grpc checks every behavior with
         # inspect.iscoroutinefunction per call, which is several times slower on a partial.
         if kind is RpcKind.STREAM_STREAM or kind is RpcKind.UNARY_STREAM:
-            stream_response = self._stream_response
+            stream_response = self._stream_relay
 
             async def relay_stream(request: Any, context: grpc.aio.ServicerContext) -> None:
                 await stream_response(upstream, method, headers, kind, request, context)
@@ -413,7 +479,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             if kind is RpcKind.STREAM_STREAM:
                 return grpc.stream_stream_rpc_method_handler(relay_stream)
             return grpc.unary_stream_rpc_method_handler(relay_stream)
-        unary_response = self._unary_response
+        unary_response = self._unary_relay
 
         async def relay_unary(request: Any, context: grpc.aio.ServicerContext) -> bytes | None:
             return await unary_response(upstream, method, headers, kind, request, context)
@@ -421,6 +487,69 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         if kind is RpcKind.UNARY_UNARY:
             return grpc.unary_unary_rpc_method_handler(relay_unary)
         return grpc.stream_unary_rpc_method_handler(relay_unary)
+
+    def _reject(self, method: str, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
+        if self._metrics is not None:
+            self._metrics.done(method, BIDI_STREAM, code, self._metrics.start(method, BIDI_STREAM))
+        return rejecting_handler(code, details)
+
+    # -- instrumentation ----------------------------------------------------------------------
+
+    async def _observed(
+        self,
+        relay: _Relay,
+        upstream: Upstream,
+        method: str,
+        headers: Metadata,
+        kind: RpcKind,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+    ) -> Any:
+        """``relay`` (same arguments) with metrics and a span around it.
+
+        The final code is read back from the context (``set_code``/``abort`` record it), so the
+        relay paths need no changes; cancellation is ``DEADLINE_EXCEEDED`` once the deadline
+        has passed, ``CANCELLED`` otherwise.
+        """
+        metrics = self._metrics
+        grpc_type = _GRPC_TYPES[kind]
+        started = metrics.start(method, grpc_type) if metrics is not None else 0.0
+        span: trace.Span | None = None
+        if self._tracer is not None:
+            span, headers = self._start_span(self._tracer, method, headers)
+        code: grpc.StatusCode | None = None
+        try:
+            return await relay(upstream, method, headers, kind, request, context)
+        except asyncio.CancelledError:
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            if code is None:
+                code = context.code() or grpc.StatusCode.OK
+            if metrics is not None:
+                metrics.done(method, grpc_type, code, started)
+            if span is not None:
+                _end_span(span, code)
+
+    @staticmethod
+    def _start_span(
+        tracer: trace.Tracer, method: str, headers: Metadata
+    ) -> tuple[trace.Span, Metadata]:
+        # The forwardable headers still hold the caller's traceparent/tracestate/baggage.
+        span = tracer.start_span(
+            method.lstrip("/") or method, context=extract_context(headers), kind=SpanKind.SERVER
+        )
+        if not span.get_span_context().trace_flags.sampled:
+            return span, headers  # not recorded: forward the caller's context unchanged
+        service, name = split_method(method)
+        span.set_attributes({"rpc.system": "grpc", "rpc.service": service, "rpc.method": name})
+        forwarded = inject_context(list(headers), trace.set_span_in_context(span))
+        return span, tuple(forwarded)
 
     def _callable(self, channel: Any, method: str, kind: RpcKind) -> Any:
         key = (channel, method, kind)
