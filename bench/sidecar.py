@@ -106,10 +106,20 @@ def validate_error(config_path: Path, cwd: str | None = None) -> str | None:
     return "config rejected: " + " | ".join(out.stderr.strip().splitlines()[-3:])
 
 
-def reserve_port() -> socket.socket:
-    """A bound, non-listening SO_REUSEPORT socket on 127.0.0.1:0; keep it open while in use."""
+def reserve_port(*, shared: bool = True) -> socket.socket:
+    """A bound, non-listening socket on 127.0.0.1:0; keep it open while in use.
+
+    ``shared``: ``SO_REUSEPORT``, for a port every worker binds (grpc sets ``SO_REUSEPORT`` on
+    its listeners). Otherwise ``SO_REUSEADDR``, for a port one process binds with
+    ``SO_REUSEADDR`` only, such as the admin HTTP server (the standard library's
+    ``HTTPServer``): Linux lets a second ``SO_REUSEADDR`` socket bind a port while no socket
+    listens on it, and refuses a bind next to an ``SO_REUSEPORT``-only socket unless the new
+    socket sets ``SO_REUSEPORT`` too. The admin server deliberately does not: it lives in the
+    parent only, and a second process silently sharing its port would split probes and scrapes.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    option = socket.SO_REUSEPORT if shared else socket.SO_REUSEADDR
+    sock.setsockopt(socket.SOL_SOCKET, option, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
 

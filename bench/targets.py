@@ -105,7 +105,7 @@ class Meshkit(Target):
             self.description += " " + " ".join(self.extra_args)
         ports = {"outbound_port": 0, "admin_port": 0}
         if self.workers > 1:
-            self._reserved = [sidecar.reserve_port(), sidecar.reserve_port()]
+            self._reserved = [sidecar.reserve_port(), sidecar.reserve_port(shared=False)]
             ports = {
                 "outbound_port": self._reserved[0].getsockname()[1],
                 "admin_port": self._reserved[1].getsockname()[1],
