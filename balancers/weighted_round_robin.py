@@ -7,21 +7,13 @@ allocation-free and interleaved (weights 5:1:1 give a a b a c a a, not a a a a a
 
 from __future__ import annotations
 
-import itertools
 import math
-import random
 from collections.abc import Sequence
 
-from balancers._base import (
-    Balancer,
-    BalancerController,
-    BalancerOptions,
-    Picker,
-    PickInfo,
-    PickResult,
-)
+from balancers._base import Balancer, BalancerController, BalancerOptions, Picker
 from balancers._subchannel import Subchannel
 from balancers._subchannel_set import SubchannelSetBalancer
+from balancers.round_robin import RoundRobinPicker
 
 MAX_SCHEDULE = 1000
 """Longest schedule kept: larger weight totals are scaled down (each endpoint keeps >= 1)."""
@@ -50,22 +42,11 @@ def smooth_schedule(weights: Sequence[int]) -> list[int]:
     return order
 
 
-class WeightedRoundRobinPicker(Picker):
-    """Cycles over a precomputed smooth weighted schedule, from a random point."""
-
-    __slots__ = ("_counter", "_schedule", "_size")
-
-    def __init__(self, ready: Sequence[Subchannel], start: int | None = None) -> None:
-        results = [PickResult(sc) for sc in ready]
-        self._schedule = tuple(
-            results[i] for i in smooth_schedule([sc.address.weight for sc in ready])
-        )
-        self._size = len(self._schedule)
-        first = random.randrange(self._size) if start is None else start
-        self._counter = itertools.count(first)
-
-    def pick(self, info: PickInfo) -> PickResult:
-        return self._schedule[next(self._counter) % self._size]
+def weighted_picker(ready: Sequence[Subchannel]) -> Picker:
+    """A round-robin picker over the smooth weighted schedule of ``ready``."""
+    return RoundRobinPicker(
+        [ready[i] for i in smooth_schedule([sc.address.weight for sc in ready])]
+    )
 
 
 class WeightedRoundRobinBuilder:
@@ -74,4 +55,4 @@ class WeightedRoundRobinBuilder:
     name = "weighted_round_robin"
 
     def build(self, controller: BalancerController, options: BalancerOptions) -> Balancer:
-        return SubchannelSetBalancer(controller, options, WeightedRoundRobinPicker)
+        return SubchannelSetBalancer(controller, options, weighted_picker)

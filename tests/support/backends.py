@@ -8,28 +8,11 @@ group starts again on a new port.
 
 from __future__ import annotations
 
-import grpc
-
-from tests.support.echo import EchoServer, EchoServicer, echo_pb2_grpc
+from tests.support.echo import EchoServer, start_echo_server
 
 
 async def _start(name: str, host: str, port: int, health: bool) -> EchoServer:
-    server = grpc.aio.server()
-    servicer = EchoServicer(name)
-    echo_pb2_grpc.add_EchoServicer_to_server(servicer, server)
-    extra: dict[str, object] = {}
-    if health:
-        from grpc_health.v1 import health as health_mod
-        from grpc_health.v1 import health_pb2_grpc
-
-        hs = health_mod.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-        extra["health"] = hs
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise RuntimeError(f"could not bind {host}:{port}")
-    await server.start()
-    return EchoServer(server, bound, servicer, extra, host)
+    return await start_echo_server(name, host=host, port=port, health=health)
 
 
 async def start_same_port(

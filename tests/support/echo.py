@@ -118,9 +118,9 @@ class EchoServer:
 
 
 async def start_echo_server(
-    name: str, *, host: str = "127.0.0.1", health: bool = False
+    name: str, *, host: str = "127.0.0.1", port: int = 0, health: bool = False
 ) -> EchoServer:
-    """Start an echo server on ``host:0`` and return it with the port the kernel chose."""
+    """Start an echo server on ``host:port`` (by default the port the kernel chooses)."""
     server = grpc.aio.server()
     servicer = EchoServicer(name)
     echo_pb2_grpc.add_EchoServicer_to_server(servicer, server)
@@ -132,9 +132,11 @@ async def start_echo_server(
         hs = health_mod.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(hs, server)
         extra["health"] = hs
-    port = server.add_insecure_port(f"{host}:0")
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise RuntimeError(f"could not bind {host}:{port}")
     await server.start()
-    return EchoServer(server, port, servicer, extra, host)
+    return EchoServer(server, bound, servicer, extra, host)
 
 
 async def aiter_requests(*messages: str) -> AsyncIterator[object]:
