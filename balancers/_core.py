@@ -41,6 +41,9 @@ from resolvers import Address, Resolver, ResolverOptions, ResolverState, Target
 
 log = logging.getLogger("meshkit.balancers")
 
+SERVER_MIN_PING_INTERVAL_MS = 300_000
+"""A default gRPC server's minimum interval between client pings (5 min)."""
+
 SubchannelFactory = Callable[..., Subchannel]
 """``factory(address, listener, loop=..., health_service=..., on_done=...) -> Subchannel``."""
 
@@ -316,6 +319,18 @@ def channel_options(
 ) -> list[tuple[str, Any]]:
     """Options for every subchannel: the user's, plus pick_first and the service's authority."""
     result = [(k, v) for k, v in (options or ()) if k != "grpc.lb_policy_name"]
+    keepalive_ms = dict(result).get("grpc.keepalive_time_ms")
+    if isinstance(keepalive_ms, int) and keepalive_ms < SERVER_MIN_PING_INTERVAL_MS:
+        # Not an error: the server may be configured to allow it. But against a default
+        # server the connection dies with GOAWAY too_many_pings, a classic outage.
+        log.warning(
+            "%s: grpc.keepalive_time_ms=%d is below the %d s a default gRPC server allows; "
+            "it will answer GOAWAY too_many_pings unless its "
+            "grpc.http2.min_ping_interval_without_data_ms permits it",
+            target,
+            keepalive_ms,
+            SERVER_MIN_PING_INTERVAL_MS // 1000,
+        )
     result.append(("grpc.lb_policy_name", "pick_first"))
     if not any(k == "grpc.default_authority" for k, _ in result):
         authority = default_authority(target)

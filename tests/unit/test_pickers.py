@@ -329,3 +329,34 @@ def test_registry_rejects_nameless_plugins_and_names_known_ones() -> None:
     registry.register(type("B", (), {"scheme": "x"})())
     with pytest.raises(LookupError, match="no resolver 'y'; known: x"):
         registry.get("y")
+
+
+def test_subchannel_options_force_pick_first_and_keep_the_service_authority() -> None:
+    from balancers._core import channel_options
+    from resolvers import Target
+
+    opts = dict(
+        channel_options(
+            [("grpc.lb_policy_name", "round_robin"), ("a", 1)], Target.parse("dns:///svc.ns:50051")
+        )
+    )
+    assert opts == {
+        "a": 1,
+        "grpc.lb_policy_name": "pick_first",
+        "grpc.default_authority": "svc.ns:50051",
+    }
+    srv = dict(channel_options(None, Target.parse("dns+srv:///_grpc._tcp.svc.ns")))
+    assert srv["grpc.default_authority"] == "svc.ns"
+    mine = dict(channel_options([("grpc.default_authority", "x")], Target.parse("dns:///y:1")))
+    assert mine["grpc.default_authority"] == "x"
+
+
+def test_aggressive_keepalive_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from balancers._core import channel_options
+    from resolvers import Target
+
+    channel_options([("grpc.keepalive_time_ms", 10_000)], Target.parse("dns:///y:1"))
+    assert "too_many_pings" in caplog.text
+    caplog.clear()
+    channel_options([("grpc.keepalive_time_ms", 300_000)], Target.parse("dns:///y:1"))
+    assert caplog.text == ""
