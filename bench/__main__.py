@@ -32,6 +32,8 @@ from bench.targets import Direct, Envoy, Meshkit, Target, TargetUnavailable
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "latest.json"
 ALL_TARGETS = ("direct", "envoy-1w", "envoy-2w", "meshkit", "meshkit-2w")
+#: Optional targets: ``meshkit-base`` needs ``--baseline-tree``.
+EXTRA_TARGETS = ("meshkit-base",)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="extra argument for `sidecar run` (repeatable), e.g. --sidecar-arg=--workers=2",
+    )
+    p.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="a checkout of another revision (e.g. `git worktree add /tmp/base HEAD~1`): adds"
+        " the target meshkit-base, the sidecar (workers: 1) imported from that tree, for an"
+        " interleaved A/B against the working tree in the same run",
     )
     p.add_argument("--channel-concurrency", type=int, default=32)
     p.add_argument("--scale-window", type=float, help="seconds to wait for the new backend (20)")
@@ -85,8 +94,15 @@ def _make_targets(names: list[str], args: argparse.Namespace) -> list[Target]:
             out.append(Meshkit(name, 1, list(args.sidecar_arg), {}, str(REPO)))
         elif name == "meshkit-2w":
             out.append(Meshkit(name, 2, list(args.sidecar_arg), {}, str(REPO)))
+        elif name == "meshkit-base":
+            if args.baseline_tree is None:
+                raise SystemExit("target meshkit-base needs --baseline-tree DIR")
+            tree = str(args.baseline_tree.resolve())
+            env = {"PYTHONPATH": tree}
+            out.append(Meshkit(name, 1, list(args.sidecar_arg), env, str(REPO)))
         else:
-            raise SystemExit(f"unknown target {name!r}; known: {', '.join(ALL_TARGETS)}")
+            known = ", ".join(ALL_TARGETS + EXTRA_TARGETS)
+            raise SystemExit(f"unknown target {name!r}; known: {known}")
     return out
 
 

@@ -27,6 +27,7 @@ RATIO_PAIRS: tuple[tuple[str, str], ...] = (
     ("meshkit-2w", "direct"),
     ("envoy-1w", "direct"),
     ("envoy-2w", "direct"),
+    ("meshkit", "meshkit-base"),
 )
 RATIO_METRICS = ("rps", "p50_us", "p99_us", "proxy_cpu_us_per_req")
 
