@@ -73,6 +73,9 @@ def channel_options(config: ClusterConfig, tls: ClientTlsFiles | None) -> list[t
     # grpc-core reads its connect deadline from the "minimum reconnect backoff" argument.
     options.append(("grpc.min_reconnect_backoff_ms", config.connect_timeout.ms))
     options.append(("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS))
+    # The proxy retries itself (RetryPolicy, with its own buffering rules): grpc-core's retry
+    # filter would only add per-call bookkeeping and a second copy of the request messages.
+    options.append(("grpc.enable_retries", 0))
     if tls is not None:
         options += tls.channel_options()
     return options
