@@ -34,18 +34,20 @@ async def env(
     tokens = directory / "tokens"
     tokens.write_text("t0ken\n")
     echo = await start_echo_server("backend")
-    config = outbound_config(static(echo), lb_policy="round_robin")
-    config["inbound"] = {
-        "listen": "127.0.0.1:0",
-        "app": echo.address,
-        "tls": {"cert": pki.server_cert, "key": pki.server_key, "client_ca": pki.ca},
-        "auth": {"tokens_file": str(tokens)},
-    }
-    sidecar = await module_sidecars.start(config)
-    async with grpc.aio.insecure_channel(sidecar.outbound) as channel:
-        await EchoStub(channel).Unary(EchoRequest(message="pick me"), timeout=5)
-    yield Env(echo, sidecar, str(tokens), pki.server_key)
-    await echo.stop(None)
+    try:  # a failed start must not leave the server to a garbage-collected shutdown
+        config = outbound_config(static(echo), lb_policy="round_robin")
+        config["inbound"] = {
+            "listen": "127.0.0.1:0",
+            "app": echo.address,
+            "tls": {"cert": pki.server_cert, "key": pki.server_key, "client_ca": pki.ca},
+            "auth": {"tokens_file": str(tokens)},
+        }
+        sidecar = await module_sidecars.start(config)
+        async with grpc.aio.insecure_channel(sidecar.outbound) as channel:
+            await EchoStub(channel).Unary(EchoRequest(message="pick me"), timeout=5)
+        yield Env(echo, sidecar, str(tokens), pki.server_key)
+    finally:
+        await echo.stop(None)
 
 
 async def test_live_and_ready(env: Env) -> None:

@@ -29,25 +29,27 @@ class Env:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def env(module_sidecars: Sidecars) -> AsyncIterator[Env]:
     echo = await start_echo_server("app")
-    sidecar = await module_sidecars.start(
-        {
-            "outbound": {
-                "listen": "127.0.0.1:0",
-                "routes": [
-                    {"prefix": ECHO, "cluster": "echo"},
-                    {"prefix": "/dead.Service/", "cluster": "dead"},
-                ],
-            },
-            "inbound": {"listen": "127.0.0.1:0", "app": echo.address},
-            "clusters": {
-                "echo": {"target": static(echo)},
-                # port 1 on loopback: nothing listens there, connections are refused at once
-                "dead": {"target": "static:///127.0.0.1:1"},
-            },
-        }
-    )
-    yield Env(echo, sidecar)
-    await echo.stop(None)
+    try:  # a failed start must not leave the server to a garbage-collected shutdown
+        sidecar = await module_sidecars.start(
+            {
+                "outbound": {
+                    "listen": "127.0.0.1:0",
+                    "routes": [
+                        {"prefix": ECHO, "cluster": "echo"},
+                        {"prefix": "/dead.Service/", "cluster": "dead"},
+                    ],
+                },
+                "inbound": {"listen": "127.0.0.1:0", "app": echo.address},
+                "clusters": {
+                    "echo": {"target": static(echo)},
+                    # port 1 on loopback: nothing listens there, connections are refused at once
+                    "dead": {"target": "static:///127.0.0.1:1"},
+                },
+            }
+        )
+        yield Env(echo, sidecar)
+    finally:
+        await echo.stop(None)
 
 
 @pytest.fixture(params=["outbound", "inbound"])
@@ -126,10 +128,15 @@ async def test_deadline_exceeded(stub: EchoStub) -> None:
 
 async def test_client_cancel_reaches_the_upstream(stub: EchoStub, env: Env) -> None:
     servicer = env.echo.servicer
+    # Earlier tests' calls (a deadline-exceeded one) may still be unwinding in the app: wait
+    # until none is, so the counters below can only move for this call.
+    await wait_until(lambda: servicer.active == 0, timeout=10, message="earlier calls ended")
     before = servicer.cancelled
-    active = servicer.active
+    calls = servicer.calls["Unary"]
     call = stub.Unary(EchoRequest(message="wait", delay_s=20), timeout=30)
-    await wait_until(lambda: servicer.active > active, timeout=10, message="call reached app")
+    await wait_until(
+        lambda: servicer.calls["Unary"] > calls, timeout=10, message="call reached app"
+    )
     call.cancel()
     await wait_until(lambda: servicer.cancelled > before, timeout=10, message="app cancelled")
 

@@ -155,8 +155,14 @@ async def test_deadline_and_cancellation(proxied: Factory) -> None:
     assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     await setup.wait_handled("Unary", "DeadlineExceeded", 1)
 
+    # The first call's handler may still be unwinding its cancellation: "active" alone could
+    # be that one. The call counter names the second call for sure.
+    await wait_until(lambda: setup.echo.servicer.active == 0, message="first call ended")
     call = stub.Unary(EchoRequest(message="slow", delay_s=5), timeout=10)
-    await wait_until(lambda: setup.echo.servicer.active == 1, message="call reached the echo")
+    await wait_until(
+        lambda: setup.echo.servicer.calls["Unary"] == 2 and setup.echo.servicer.active == 1,
+        message="second call reached the echo",
+    )
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
