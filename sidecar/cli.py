@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib
-import inspect
 import logging
 import sys
 from collections.abc import Sequence
@@ -147,33 +144,12 @@ def _run(config: SidecarConfig, path: str) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from sidecar import app  # lazily: validate needs none of the data plane's imports
+
     try:
-        app = importlib.import_module("sidecar.app")  # lazily: validate never needs it
-    except ModuleNotFoundError as exc:
-        if exc.name != "sidecar.app":
-            print(f"sidecar: cannot load the data plane: {exc}", file=sys.stderr)
-        else:
-            print("sidecar: the data plane (sidecar.app) is not in this build", file=sys.stderr)
-        return EXIT_FAILURE
-    except ImportError as exc:
-        print(f"sidecar: cannot load the data plane: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    run = getattr(app, "run", None)
-    if not callable(run):
-        print("sidecar: sidecar.app has no run(config, config_path=...)", file=sys.stderr)
-        return EXIT_FAILURE
-    try:
-        result = run(config, config_path=path)
-        if inspect.isawaitable(result):
-            result = asyncio.run(_wait(result))
+        return app.run(config, config_path=path)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    return EXIT_OK if result is None else int(result)
-
-
-async def _wait(awaitable: object) -> object:
-    assert inspect.isawaitable(awaitable)
-    return await awaitable
 
 
 def _print_summary(config: SidecarConfig, path: str, out: TextIO) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -148,12 +147,3 @@ def test_version() -> None:
 def test_usage_error_exits_2() -> None:
     result = run("frobnicate")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("sidecar.app") is not None, reason="the data plane exists"
-)
-def test_run_without_data_plane_fails_cleanly(good: Path) -> None:
-    result = run("run", "--config", str(good))
-    assert result.returncode == 1
-    assert "sidecar.app" in result.stderr and "Traceback" not in result.stderr
