@@ -108,6 +108,8 @@ _BUILTIN_SCHEMES = frozenset({"static", "dns", "dns+srv"})
 _BUILTIN_POLICIES = frozenset({"round_robin", "pick_first"})
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _CLUSTER_NAME = re.compile(r"^[a-z0-9_.-]+$")
+#: Values of ``outbound.routes[].kind`` (the names of :class:`sidecar.proxy.RpcKind`).
+RPC_KINDS = ("stream_stream", "unary_unary", "unary_stream", "stream_unary")
 _ROUTE_PREFIX = re.compile(r"^/(?:[^/\s]+/(?:[^/\s]+)?)?$")
 _METADATA_KEY = re.compile(r"^[a-z0-9_.-]+$")
 _MAX_STREAMS = 2**31 - 1
@@ -250,11 +252,21 @@ class Route(_Checked):
     """``prefix`` of the ``/package.Service/Method`` path -> ``cluster``; first match wins.
 
     ``timeout`` is the deadline applied when the caller set none (overrides the cluster's).
+
+    ``kind`` is the RPC kind of every method the route takes: ``stream_stream`` (the default,
+    correct for any method: the kind of a method is not on the wire), or a hint for a cheaper
+    forwarding path -- ``unary_unary``, ``unary_stream`` (server streaming) or
+    ``stream_unary`` (client streaming). Hint per method with a route per method path
+    (``/pkg.Svc/Method``) ahead of the service's route. A wrong hint breaks calls: a unary
+    request hint on a client- or bidi-streaming method forwards only the first request
+    message, a unary response hint on a streaming method fails the call; only declare what
+    the service definition says.
     """
 
     prefix: str
     cluster: str
     timeout: Duration | None = None
+    kind: str = "stream_stream"
 
     def matches(self, method: str) -> bool:
         """True when this route takes the call to ``method`` (``/pkg.Service/Method``)."""
@@ -272,6 +284,10 @@ class Route(_Checked):
             )
         yield from _not_empty("cluster", self.cluster)
         yield from _positive("timeout", self.timeout)
+        if self.kind not in RPC_KINDS:
+            yield FieldError(
+                "kind", f"must be one of {', '.join(RPC_KINDS)} (got {show(self.kind)})"
+            )
 
 
 @dataclass(frozen=True)
