@@ -31,7 +31,15 @@ from bench.targets import Direct, Envoy, Meshkit, Target, TargetUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "latest.json"
-ALL_TARGETS = ("direct", "envoy-1w", "envoy-2w", "meshkit", "meshkit-2w")
+ALL_TARGETS = (
+    "direct",
+    "envoy-1w",
+    "envoy-2w",
+    "meshkit",
+    "meshkit-kinds",
+    "meshkit-2w",
+    "meshkit-2w-kinds",
+)
 #: Optional targets: ``meshkit-base`` needs ``--baseline-tree``.
 EXTRA_TARGETS = ("meshkit-base",)
 
@@ -94,6 +102,10 @@ def _make_targets(names: list[str], args: argparse.Namespace) -> list[Target]:
             out.append(Meshkit(name, 1, list(args.sidecar_arg), {}, str(REPO)))
         elif name == "meshkit-2w":
             out.append(Meshkit(name, 2, list(args.sidecar_arg), {}, str(REPO)))
+        elif name == "meshkit-kinds":
+            out.append(Meshkit(name, 1, list(args.sidecar_arg), {}, str(REPO), kinds=True))
+        elif name == "meshkit-2w-kinds":
+            out.append(Meshkit(name, 2, list(args.sidecar_arg), {}, str(REPO), kinds=True))
         elif name == "meshkit-base":
             if args.baseline_tree is None:
                 raise SystemExit("target meshkit-base needs --baseline-tree DIR")

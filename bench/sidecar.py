@@ -68,14 +68,26 @@ def config(
     workers: int = 1,
     outbound_port: int = 0,
     admin_port: int = 0,
+    kinds: bool = False,
 ) -> dict[str, Any]:
-    """Outbound on 127.0.0.1, every path to one round-robin cluster over ``backends``."""
+    """Outbound on 127.0.0.1, every path to one round-robin cluster over ``backends``.
+
+    ``kinds``: routes declaring the RPC kind of the bench methods (``/bench.Echo/Unary`` is
+    unary, ``/bench.Echo/Stream`` server streaming), so the sidecar takes its hinted paths.
+    """
+    routes: list[dict[str, Any]] = []
+    if kinds:
+        routes = [
+            {"prefix": "/bench.Echo/Unary", "cluster": "backend", "kind": "unary_unary"},
+            {"prefix": "/bench.Echo/Stream", "cluster": "backend", "kind": "unary_stream"},
+        ]
+    routes.append({"prefix": "/", "cluster": "backend"})
     target = "static:///" + ",".join(f"{host}:{port}" for host, port in backends)
     doc: dict[str, Any] = {
         "admin": {"listen": f"127.0.0.1:{admin_port}"},
         "outbound": {
             "listen": f"127.0.0.1:{outbound_port}",
-            "routes": [{"prefix": "/", "cluster": "backend"}],
+            "routes": routes,
         },
         "clusters": {"backend": {"target": target, "lb_policy": "round_robin"}},
         "log_level": "warning",

@@ -87,10 +87,18 @@ class Meshkit(Target):
     """``sidecar run``; with ``workers > 1`` on a reserved port (see :mod:`bench.sidecar`)."""
 
     def __init__(
-        self, name: str, workers: int, extra_args: list[str], env: dict[str, str], cwd: str
+        self,
+        name: str,
+        workers: int,
+        extra_args: list[str],
+        env: dict[str, str],
+        cwd: str,
+        *,
+        kinds: bool = False,
     ) -> None:
         super().__init__(name)
         self.workers = workers
+        self.kinds = kinds
         self.extra_args = extra_args
         self.env = env
         self.cwd = cwd
@@ -101,6 +109,8 @@ class Meshkit(Target):
         if reason:
             raise TargetUnavailable(reason)
         self.description = f"meshkit sidecar, workers: {self.workers}"
+        if self.kinds:
+            self.description += ", routes with RPC-kind hints"
         if self.extra_args:
             self.description += " " + " ".join(self.extra_args)
         ports = {"outbound_port": 0, "admin_port": 0}
@@ -111,7 +121,9 @@ class Meshkit(Target):
                 "admin_port": self._reserved[1].getsockname()[1],
             }
         cfg = workdir / f"{self.name}.yaml"
-        doc = sidecar.config([(b.host, b.port) for b in backends], workers=self.workers, **ports)
+        doc = sidecar.config(
+            [(b.host, b.port) for b in backends], workers=self.workers, kinds=self.kinds, **ports
+        )
         sidecar.write_config(cfg, doc)
         problem = sidecar.validate_error(cfg, self.cwd)
         if problem:
