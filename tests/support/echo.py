@@ -34,7 +34,7 @@ def _metadata_list(context: grpc.aio.ServicerContext) -> list[str]:
     return out
 
 
-class EchoServicer(echo_pb2_grpc.EchoServicer):  # type: ignore[misc]
+class EchoServicer(echo_pb2_grpc.EchoServicer):  # type: ignore[misc,name-defined]
     """Echoes, names itself in every reply, counts calls per method."""
 
     def __init__(self, name: str) -> None:
