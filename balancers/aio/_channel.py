@@ -120,7 +120,14 @@ class BalancedChannel(ChannelMethods, grpc.aio.Channel):  # type: ignore[misc]
         compression: grpc.Compression | None = None,
         interceptors: Sequence[Any] | None = None,
     ) -> None:
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            # The resolver and the endpoint watchers are tasks on this loop: there must be one.
+            raise RuntimeError(
+                "balancers.aio channels need a running event loop: create them inside async "
+                "code (e.g. in main()), or use the sync balancers.insecure_channel"
+            ) from None
         self._credentials = credentials
         self._compression = compression
         self._interceptors = list(interceptors) if interceptors else None

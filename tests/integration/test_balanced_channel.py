@@ -221,3 +221,8 @@ def test_bad_targets_raise_at_construction() -> None:
         balancers.insecure_channel("nope:///x:1")
     with pytest.raises(LookupError, match="no load-balancing policy"):
         balancers.insecure_channel("static:///127.0.0.1:1", lb_policy="weird")
+
+
+def test_aio_channel_outside_a_loop_says_what_to_do() -> None:
+    with pytest.raises(RuntimeError, match="need a running event loop"):
+        balancers.aio.insecure_channel("static:///127.0.0.1:1")
