@@ -2,8 +2,9 @@
 
 - :class:`GrpcMetrics` — go-grpc-prometheus style RPC metrics with a direct ``start``/``done``
   API for raw proxies; :class:`ClusterMetrics` — endpoint metrics of balanced clusters.
-- :func:`aio_client_interceptors`, :func:`aio_server_interceptor`, :func:`server_interceptor` —
-  interceptors built per channel/server (grpc is never patched process-wide), with filters
+- :func:`aio_client_interceptors`, :func:`client_interceptors` (sync channels),
+  :func:`aio_server_interceptor`, :func:`server_interceptor` — interceptors built per
+  channel/server (grpc is never patched process-wide), with filters
   (:func:`method_prefix`, :func:`health_check`, :func:`any_of`, :func:`all_of`, :func:`negate`).
 - :func:`tracer_provider_from_settings`, :func:`extract_context`, :func:`inject_context` —
   OpenTelemetry set-up and W3C trace-context propagation through gRPC metadata.
@@ -19,6 +20,7 @@ from telemetry.interceptors import (
     aio_server_interceptor,
     all_of,
     any_of,
+    client_interceptors,
     health_check,
     method_prefix,
     negate,
@@ -54,6 +56,7 @@ __all__ = [
     "aio_server_interceptor",
     "all_of",
     "any_of",
+    "client_interceptors",
     "code_label",
     "extract_context",
     "health_check",

@@ -1,7 +1,8 @@
 """gRPC interceptors recording Prometheus metrics and OpenTelemetry spans.
 
 Built by factory functions, never installed process-wide: pass the result to
-``grpc.aio.insecure_channel(..., interceptors=...)`` / ``grpc.aio.server(interceptors=...)``::
+``grpc.aio.insecure_channel(..., interceptors=...)`` / ``grpc.aio.server(interceptors=...)``
+(sync channels: ``grpc.intercept_channel(channel, *client_interceptors(...))``)::
 
     channel = grpc.aio.insecure_channel(target, interceptors=aio_client_interceptors(
         metrics=GrpcMetrics(registry, "client"), tracer_provider=provider,
@@ -45,6 +46,7 @@ __all__ = [
     "aio_server_interceptor",
     "all_of",
     "any_of",
+    "client_interceptors",
     "health_check",
     "method_prefix",
     "negate",
@@ -109,8 +111,8 @@ _KIND_OF: Final[dict[tuple[bool, bool], RpcKind]] = {
 
 
 def _status_code_of(exc: BaseException) -> grpc.StatusCode:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        code: grpc.StatusCode = exc.code()
+    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+        code: grpc.StatusCode = exc.code()  # an AioRpcError, or a sync error that is a Call
         return code
     if isinstance(exc, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED
@@ -221,14 +223,39 @@ def _now(coro: Coroutine[Any, Any, Any]) -> Any:
     return None
 
 
-def _on_client_done(rpc: _Rpc, unary_response: bool) -> Callable[[Any], None]:
+def _same(value: Any) -> Any:
+    return value
+
+
+def _on_client_done(
+    rpc: _Rpc, unary_response: bool, read: Callable[[Any], Any] = _now
+) -> Callable[[Any], None]:
+    """A done callback finishing ``rpc`` with the call's status; ``read`` turns what the call's
+    ``code()``/``details()`` return into values (aio: coroutines; sync: :func:`_same`)."""
+
     def done(call: Any) -> None:
-        code = _now(call.code()) or grpc.StatusCode.UNKNOWN
+        code = read(call.code()) or grpc.StatusCode.UNKNOWN
         if unary_response and code is grpc.StatusCode.OK:
             rpc.received()
-        rpc.finish(code, _now(call.details()) if code is not grpc.StatusCode.OK else None)
+        rpc.finish(code, read(call.details()) if code is not grpc.StatusCode.OK else None)
 
     return done
+
+
+def _begin_client_rpc(
+    inst: _Instrumentation, details: Any, kind: RpcKind
+) -> tuple[_Rpc | None, list[Any]]:
+    """Start a client call's span and metrics (``None`` when filtered out) and the metadata to
+    send: the call's own plus the span's trace context."""
+    method = details.method
+    if isinstance(method, bytes):
+        method = method.decode()
+    if not inst.wants(method):
+        return None, []
+    rpc = _Rpc(inst, method, kind, None)
+    pairs = list(details.metadata or ())
+    inject_context(pairs, rpc.context())
+    return rpc, pairs
 
 
 class _AioClientBase:
@@ -236,14 +263,9 @@ class _AioClientBase:
         self._inst = inst
 
     def _begin(self, details: Any, kind: RpcKind) -> tuple[_Rpc | None, Any]:
-        method = details.method
-        if isinstance(method, bytes):
-            method = method.decode()
-        if not self._inst.wants(method):
+        rpc, pairs = _begin_client_rpc(self._inst, details, kind)
+        if rpc is None:
             return None, details
-        rpc = _Rpc(self._inst, method, kind, None)
-        pairs = list(details.metadata or ())
-        inject_context(pairs, rpc.context())
         new_details = grpc.aio.ClientCallDetails(
             details.method,
             details.timeout,
@@ -350,6 +372,108 @@ def aio_client_interceptors(
         _AioStreamUnary(inst),
         _AioStreamStream(inst),
     ]
+
+
+# -- sync client --------------------------------------------------------------------------------
+
+
+class _SyncCallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
+    """``details`` with other metadata (grpc's own class is abstract)."""
+
+    def __init__(self, details: Any, metadata: tuple[Any, ...]) -> None:
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = metadata
+        self.credentials = details.credentials
+        self.wait_for_ready = getattr(details, "wait_for_ready", None)
+        self.compression = getattr(details, "compression", None)
+
+
+class _CountingCall:
+    """A response-streaming call counting the messages read from it; otherwise the call."""
+
+    __slots__ = ("_call", "_count")
+
+    def __init__(self, call: Any, count: Callable[[], None]) -> None:
+        self._call = call
+        self._count = count
+
+    def __iter__(self) -> _CountingCall:
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self._call)
+        self._count()
+        return item
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
+class _SyncClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """All four call types: a sync channel takes one interceptor for several."""
+
+    def __init__(self, inst: _Instrumentation) -> None:
+        self._inst = inst
+
+    def _intercept(self, continuation: Any, details: Any, request: Any, kind: RpcKind) -> Any:
+        request_streaming = kind in (CLIENT_STREAM, BIDI_STREAM)
+        unary_response = kind in (UNARY, CLIENT_STREAM)
+        rpc, pairs = _begin_client_rpc(self._inst, details, kind)
+        if rpc is None:
+            return continuation(details, request)
+        if not request_streaming:
+            rpc.sent()
+        elif rpc.metrics is not None:
+            request = _count_sync(request, rpc.sent)
+        try:
+            call = continuation(_SyncCallDetails(details, tuple(pairs)), request)
+        except BaseException as exc:
+            rpc.finish(_status_code_of(exc), str(exc))
+            raise
+        # Called at once when the call is already over (a blocking unary call), else when it is.
+        call.add_done_callback(_on_client_done(rpc, unary_response, _same))
+        if unary_response or rpc.metrics is None:
+            return call
+        return _CountingCall(call, rpc.received)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return self._intercept(continuation, details, request, UNARY)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return self._intercept(continuation, details, request, SERVER_STREAM)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return self._intercept(continuation, details, requests, CLIENT_STREAM)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return self._intercept(continuation, details, requests, BIDI_STREAM)
+
+
+def client_interceptors(
+    metrics: GrpcMetrics | None = None,
+    tracer_provider: TracerProvider | None = None,
+    filter_: Filter | None = None,
+) -> list[
+    grpc.UnaryUnaryClientInterceptor
+    | grpc.UnaryStreamClientInterceptor
+    | grpc.StreamUnaryClientInterceptor
+    | grpc.StreamStreamClientInterceptor
+]:
+    """The same as :func:`aio_client_interceptors` for a sync ``grpc.Channel``: pass them to
+    ``grpc.intercept_channel(channel, *interceptors)`` or ``balancers.insecure_channel(...,
+    interceptors=...)``.
+
+    A call is recorded when it ends (a streaming response: when the call finishes, not when
+    its iterator is created).
+    """
+    inst = _Instrumentation(metrics, tracer_provider, filter_, SpanKind.CLIENT)
+    return [_SyncClientInterceptor(inst)]
 
 
 # -- asyncio server -----------------------------------------------------------------------------

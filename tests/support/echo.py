@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -118,10 +120,15 @@ class EchoServer:
 
 
 async def start_echo_server(
-    name: str, *, host: str = "127.0.0.1", port: int = 0, health: bool = False
+    name: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    health: bool = False,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
 ) -> EchoServer:
     """Start an echo server on ``host:port`` (by default the port the kernel chooses)."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=interceptors)
     servicer = EchoServicer(name)
     echo_pb2_grpc.add_EchoServicer_to_server(servicer, server)
     extra: dict[str, object] = {}
@@ -142,3 +149,34 @@ async def start_echo_server(
 async def aiter_requests(*messages: str) -> AsyncIterator[object]:
     for m in messages:
         yield EchoRequest(message=m)
+
+
+@contextlib.contextmanager
+def echo_servers_in_thread(
+    names: str,
+    *,
+    health: bool = False,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
+) -> Iterator[list[EchoServer]]:
+    """Echo servers (one per letter of ``names``) on an event loop in another thread: a sync
+    client blocks the calling one."""
+    ready = threading.Event()
+    stop = threading.Event()
+    servers: list[EchoServer] = []
+
+    async def main() -> None:
+        for name in names:
+            servers.append(await start_echo_server(name, health=health, interceptors=interceptors))
+        ready.set()
+        await asyncio.to_thread(stop.wait)
+        for server in servers:
+            await server.stop(None)
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10), "echo servers did not start"
+        yield servers
+    finally:
+        stop.set()
+        thread.join(10)
