@@ -32,6 +32,7 @@ from balancers._base import (
 )
 from balancers._factory import settings_from
 from balancers._registry import ENTRY_POINT_GROUP, get, policy_names, register
+from balancers._retry import RetryPolicy
 from balancers._sync import BalancedSyncChannel, PickError
 from balancers.pick_first import PickFirstBuilder
 from balancers.round_robin import RoundRobinBuilder
@@ -58,6 +59,7 @@ __all__ = [
     "PickResult",
     "Picker",
     "QueuePicker",
+    "RetryPolicy",
     "SubchannelState",
     "aggregate",
     "get",
@@ -80,10 +82,14 @@ def insecure_channel(
     outlier_detection: Any = None,
     resolver_options: ResolverOptions | None = None,
     drain_timeout: float = 30.0,
+    retry: RetryPolicy | None = None,
 ) -> BalancedSyncChannel:
     """A balanced plaintext sync ``grpc.Channel``; see :func:`balancers.aio.insecure_channel`.
 
-    ``interceptors`` are ``grpc`` client interceptors, applied per endpoint.
+    ``interceptors`` are ``grpc`` client interceptors, applied per endpoint. ``retry`` (a
+    :class:`RetryPolicy`) retries ``__call__``/``with_call`` of unary-unary methods and
+    unary-stream calls until their first message; ``future()`` and request-streaming calls
+    get one attempt.
     """
     settings = settings_from(
         lb_policy,
@@ -92,6 +98,7 @@ def insecure_channel(
         outlier_detection,
         resolver_options,
         drain_timeout,
+        retry,
     )
     return BalancedSyncChannel(target, None, options, settings, compression, interceptors)
 
@@ -109,6 +116,7 @@ def secure_channel(
     outlier_detection: Any = None,
     resolver_options: ResolverOptions | None = None,
     drain_timeout: float = 30.0,
+    retry: RetryPolicy | None = None,
 ) -> BalancedSyncChannel:
     """Like :func:`insecure_channel`, over TLS with ``credentials``."""
     settings = settings_from(
@@ -118,5 +126,6 @@ def secure_channel(
         outlier_detection,
         resolver_options,
         drain_timeout,
+        retry,
     )
     return BalancedSyncChannel(target, credentials, options, settings, compression, interceptors)

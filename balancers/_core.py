@@ -36,6 +36,7 @@ from balancers._base import (
     QueuePicker,
     SubchannelState,
 )
+from balancers._retry import RetryPolicy
 from balancers._subchannel import StateListener, Subchannel
 from resolvers import Address, Resolver, ResolverOptions, ResolverState, Target
 
@@ -61,6 +62,8 @@ class ChannelSettings:
     resolver_options: ResolverOptions = field(default_factory=ResolverOptions)
     drain_timeout: float = 30.0
     """How long a removed endpoint may finish its in-flight calls before they are cancelled."""
+    retry: RetryPolicy | None = None
+    """Retries of unary-request calls (``balancers.RetryPolicy``); None is one attempt."""
 
 
 def default_authority(target: Target) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from balancers._core import ChannelSettings
+from balancers._retry import RetryPolicy
 from resolvers import ResolverOptions
 
 
@@ -15,12 +16,15 @@ def settings_from(
     outlier_detection: Any,
     resolver_options: ResolverOptions | None,
     drain_timeout: float,
+    retry: RetryPolicy | None = None,
 ) -> ChannelSettings:
     """Validate and bundle the balancing settings of a channel."""
     if drain_timeout < 0:
         raise ValueError("drain_timeout must be >= 0")
     if health_check_service is not None and not isinstance(health_check_service, str):
         raise ValueError("health_check_service must be a service name (str) or None")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise ValueError("retry must be a balancers.RetryPolicy or None")
     return ChannelSettings(
         lb_policy=lb_policy,
         lb_config=dict(lb_config or {}),
@@ -28,4 +32,5 @@ def settings_from(
         outlier_detection=outlier_detection,
         resolver_options=resolver_options or ResolverOptions(),
         drain_timeout=drain_timeout,
+        retry=retry,
     )

@@ -18,6 +18,7 @@ import grpc
 from balancers._base import Connectivity, DoneInfo, PickFailed, PickInfo
 from balancers._channel_api import ChannelMethods
 from balancers._core import ChannelCore, ChannelSettings, channel_options
+from balancers._retry import RetryPolicy, deadline_details
 from balancers._subchannel import (
     StateListener,
     Subchannel,
@@ -256,6 +257,175 @@ class _SyncStreamStream(_SyncMultiCallable, grpc.StreamStreamMultiCallable):  # 
     __call__ = _SyncMultiCallable._stream
 
 
+class _SyncRetryingUnaryUnary(_SyncUnaryUnary):
+    """``__call__``/``with_call`` retried by the channel's policy; ``future()`` is one attempt."""
+
+    def _blocking(self, with_call: bool, request: Any, **kwargs: Any) -> Any:
+        policy: RetryPolicy = self._owner._core.settings.retry  # type: ignore[assignment]
+        timeout = kwargs["timeout"]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return super()._blocking(with_call, request, **kwargs)
+            except grpc.RpcError as error:
+                if not policy.should_retry(error.code(), bool(error.initial_metadata()), attempt):
+                    raise
+                kwargs["timeout"] = _backoff(policy, attempt, deadline, error)
+
+
+def _backoff(policy: RetryPolicy, attempt: int, deadline: float | None, error: Any) -> float | None:
+    """Sleep before the next attempt; its timeout, or PickError when the deadline falls first."""
+    delay = policy.backoff(attempt)
+    if deadline is None:
+        time.sleep(delay)
+        return None
+    remaining = deadline - time.monotonic()
+    if delay >= remaining:
+        time.sleep(max(remaining, 0.0))
+        raise PickError(
+            grpc.StatusCode.DEADLINE_EXCEEDED, deadline_details(error.code(), error.details())
+        ) from None
+    time.sleep(delay)
+    return deadline - time.monotonic()
+
+
+class _SyncRetryingUnaryStream(_SyncUnaryStream):
+    """Unary-stream calls retried by the channel's policy until their first message."""
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        kwargs = {
+            "timeout": timeout,
+            "metadata": metadata,
+            "credentials": credentials,
+            "wait_for_ready": wait_for_ready,
+            "compression": compression,
+        }
+        return _RetryingStream(self, request, kwargs)
+
+
+class _RetryingStream(grpc.Call, grpc.Future):  # type: ignore[misc]
+    """A unary-stream call that starts a new attempt while no message has come back.
+
+    Attempts are retried as the stream is iterated: until the first message (or the end),
+    a retryable failure without response headers starts a new attempt instead of raising.
+    Callbacks added before that apply to the committed attempt. ``cancel()`` stops retrying.
+    """
+
+    def __init__(self, owner: _SyncMultiCallable, request: Any, kwargs: dict[str, Any]) -> None:
+        self._owner = owner
+        self._request = request
+        self._kwargs = kwargs
+        timeout = kwargs["timeout"]
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._policy: RetryPolicy = owner._owner._core.settings.retry  # type: ignore[assignment]
+        self._attempt = 1
+        self._committed = False
+        self._cancelled = False
+        self._pending: list[Callable[[Any], None]] = []
+        self._call = owner._stream(request, **kwargs)
+
+    def _commit(self) -> None:
+        self._committed = True
+        for fn in self._pending:
+            self._call.add_done_callback(lambda _c, fn=fn: fn(self))
+        self._pending.clear()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        while not self._committed:
+            try:
+                message = next(self._call)
+            except StopIteration:
+                self._commit()
+                raise
+            except grpc.RpcError as error:
+                if self._cancelled or not self._policy.should_retry(
+                    error.code(), bool(error.initial_metadata()), self._attempt
+                ):
+                    self._commit()
+                    raise
+                try:
+                    self._kwargs["timeout"] = _backoff(
+                        self._policy, self._attempt, self._deadline, error
+                    )
+                except PickError as expired:
+                    self._call = expired
+                    self._commit()
+                    raise
+                if self._cancelled:
+                    self._commit()
+                    raise
+                self._attempt += 1
+                self._call = self._owner._stream(self._request, **self._kwargs)
+                continue
+            self._commit()
+            return message
+        return next(self._call)
+
+    def cancel(self) -> bool:
+        self._cancelled = True
+        return bool(self._call.cancel())
+
+    def cancelled(self) -> bool:
+        return self._cancelled or bool(self._call.cancelled())
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        if self._committed:
+            self._call.add_done_callback(lambda _c: fn(self))
+        else:
+            self._pending.append(fn)
+
+    # -- the current attempt's grpc.Call / grpc.Future -------------------------------------
+
+    def code(self) -> grpc.StatusCode:
+        return self._call.code()
+
+    def details(self) -> str:
+        return self._call.details()  # type: ignore[no-any-return]
+
+    def initial_metadata(self) -> Any:
+        return self._call.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._call.trailing_metadata()
+
+    def is_active(self) -> bool:
+        return self._call.is_active()  # type: ignore[no-any-return]
+
+    def time_remaining(self) -> float | None:
+        return self._call.time_remaining()  # type: ignore[no-any-return]
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return self._call.add_callback(callback)  # type: ignore[no-any-return]
+
+    def running(self) -> bool:
+        return self._call.running()  # type: ignore[no-any-return]
+
+    def done(self) -> bool:
+        return self._call.done()  # type: ignore[no-any-return]
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._call.result(timeout)
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return self._call.exception(timeout)
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return self._call.traceback(timeout)
+
+
 class BalancedSyncChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
     """A ``grpc.Channel`` whose calls are spread over the endpoints a resolver finds.
 
@@ -285,6 +455,13 @@ class BalancedSyncChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
         self._thread.start()
         self._closed = False
         self._multicallable_owner = self
+        if settings.retry is not None:  # request-streaming calls are never retried
+            self._multicallable_types = (
+                _SyncRetryingUnaryUnary,
+                _SyncRetryingUnaryStream,
+                _SyncStreamUnary,
+                _SyncStreamStream,
+            )
         try:
             self._core: ChannelCore = self._run(self._build(target, settings))
             self._options = channel_options(options, self._core.target)

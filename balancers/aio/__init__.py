@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from balancers._factory import settings_from
+from balancers._retry import RetryPolicy
 from balancers.aio._channel import BalancedChannel
 from resolvers import ResolverOptions
 
@@ -31,13 +32,17 @@ def insecure_channel(
     outlier_detection: Any = None,
     resolver_options: ResolverOptions | None = None,
     drain_timeout: float = 30.0,
+    retry: RetryPolicy | None = None,
 ) -> BalancedChannel:
     """A balanced plaintext channel to ``target`` (``dns:///``, ``static:///``, ...).
 
     ``options`` are grpcio channel arguments applied to every endpoint's connection
     (keepalive, message sizes...). ``health_check_service`` turns on grpc.health.v1 checking
     of every endpoint (``""`` is the whole server); ``outlier_detection`` takes a
-    ``health.OutlierConfig``. Must be called with an event loop running.
+    ``health.OutlierConfig``. ``retry`` (a ``balancers.RetryPolicy``) retries unary-unary and
+    unary-stream calls that fail before the server answered (streaming-request calls get one
+    attempt); None, the default, keeps calls on grpcio's own call objects with no added cost.
+    Must be called with an event loop running.
     """
     settings = settings_from(
         lb_policy,
@@ -46,6 +51,7 @@ def insecure_channel(
         outlier_detection,
         resolver_options,
         drain_timeout,
+        retry,
     )
     return BalancedChannel(target, None, options, settings, compression, interceptors)
 
@@ -63,6 +69,7 @@ def secure_channel(
     outlier_detection: Any = None,
     resolver_options: ResolverOptions | None = None,
     drain_timeout: float = 30.0,
+    retry: RetryPolicy | None = None,
 ) -> BalancedChannel:
     """Like :func:`insecure_channel`, over TLS with ``credentials``.
 
@@ -77,5 +84,6 @@ def secure_channel(
         outlier_detection,
         resolver_options,
         drain_timeout,
+        retry,
     )
     return BalancedChannel(target, credentials, options, settings, compression, interceptors)

@@ -19,6 +19,7 @@ from balancers._subchannel import (
     grpc_target,
 )
 from balancers.aio._deferred import DEFERRED_BY_KIND
+from balancers.aio._retrying import RETRYING_BY_KIND
 from resolvers import Address
 
 
@@ -102,6 +103,43 @@ class _StreamStream(_MultiCallable, grpc.aio.StreamStreamMultiCallable):  # type
     __slots__ = ()
 
 
+class _RetryingMultiCallable(_MultiCallable):
+    """A unary-request multicallable under the channel's retry policy."""
+
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request: Any = None,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Any:
+        return RETRYING_BY_KIND[self._kind](
+            self._core,
+            self._kind,
+            self._method,
+            self._serializers,
+            request,
+            timeout,
+            metadata,
+            credentials,
+            wait_for_ready,
+            compression,
+        )
+
+
+class _RetryingUnaryUnary(_RetryingMultiCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+
+class _RetryingUnaryStream(_RetryingMultiCallable, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+
 class BalancedChannel(ChannelMethods, grpc.aio.Channel):  # type: ignore[misc]
     """A ``grpc.aio.Channel`` whose calls are spread over the endpoints a resolver finds.
 
@@ -133,6 +171,13 @@ class BalancedChannel(ChannelMethods, grpc.aio.Channel):  # type: ignore[misc]
         self._interceptors = list(interceptors) if interceptors else None
         self._core = ChannelCore(target, self._make_subchannel, settings, loop)
         self._multicallable_owner = self._core
+        if settings.retry is not None:  # request-streaming calls are never retried
+            self._multicallable_types = (
+                _RetryingUnaryUnary,
+                _RetryingUnaryStream,
+                _StreamUnary,
+                _StreamStream,
+            )
         self._options = channel_options(options, self._core.target)
         self._state_event = asyncio.Event()
         self._core.add_state_watcher(self._on_core_state)

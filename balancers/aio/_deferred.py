@@ -56,7 +56,15 @@ class DeferredCall:
             )
         )
 
-    async def _pick_and_start(
+    async def _pick_and_start(self, *call_args: Any) -> None:
+        try:
+            real = await self._start_attempt(*call_args)
+        except AioRpcError as error:
+            self._settle(error)
+            return
+        self._commit(real)
+
+    async def _start_attempt(
         self,
         kind: int,
         method: str,
@@ -66,7 +74,11 @@ class DeferredCall:
         credentials: Any,
         wait_for_ready: bool | None,
         compression: Any,
-    ) -> None:
+    ) -> Any:
+        """Pick an endpoint (waiting if need be) and start grpcio's call on it.
+
+        A pick that fails, or a deadline reached while waiting, raises ``AioRpcError``.
+        """
         core = self._core
         info = PickInfo(method, metadata)
         try:
@@ -80,15 +92,13 @@ class DeferredCall:
                     raise TimeoutError
                 await asyncio.wait_for(event.wait(), remaining)
         except PickFailed as failed:
-            self._fail(failed.code, failed.details)
-            return
+            raise _rpc_error(failed.code, failed.details) from None
         except TimeoutError:
-            self._fail(
+            raise _rpc_error(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"deadline exceeded while waiting for an endpoint of {core.target_text} "
                 f"(channel {core.connectivity.name})",
-            )
-            return
+            ) from None
         except asyncio.CancelledError:
             if self._error is None:
                 self._fail(grpc.StatusCode.CANCELLED, "cancelled before an endpoint was picked")
@@ -108,6 +118,10 @@ class DeferredCall:
         if result.done is not None or sc._on_done is not None:
             done = result.done
             real.add_done_callback(lambda c: sc.call_done(aio_call_code(c), done))
+        return real
+
+    def _commit(self, real: Any) -> None:
+        """From now on, forward everything to grpcio's call ``real``."""
         self._real = real
         for callback in self._callbacks:
             real.add_done_callback(lambda _c, cb=callback: cb(self))
@@ -118,7 +132,11 @@ class DeferredCall:
         return None if self._deadline is None else self._deadline - self._loop.time()
 
     def _fail(self, code: grpc.StatusCode, details: str) -> None:
-        self._error = AioRpcError(code, Metadata(), Metadata(), details)
+        self._settle(_rpc_error(code, details))
+
+    def _settle(self, error: AioRpcError) -> None:
+        """End the call with ``error`` without any grpcio call to forward to."""
+        self._error = error
         if not self._ready.done():
             self._ready.set_result(None)
         for callback in self._callbacks:
@@ -245,6 +263,10 @@ class DeferredCall:
     async def done_writing(self) -> None:
         real = await self._started()
         await real.done_writing()
+
+
+def _rpc_error(code: grpc.StatusCode, details: str) -> AioRpcError:
+    return AioRpcError(code, Metadata(), Metadata(), details)
 
 
 class DeferredUnaryUnaryCall(DeferredCall, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]

@@ -1,0 +1,68 @@
+"""``balancers.RetryPolicy``: validation and backoff bounds."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+import balancers
+from balancers import RetryPolicy
+
+
+def test_defaults_and_export() -> None:
+    policy = balancers.RetryPolicy()
+    assert policy.max_attempts == 3
+    assert policy.retryable_codes == frozenset({grpc.StatusCode.UNAVAILABLE})
+    assert "RetryPolicy" in balancers.__all__
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_attempts": 1}, "max_attempts"),
+        ({"max_attempts": 6}, "max_attempts"),
+        ({"max_attempts": 2.5}, "max_attempts"),
+        ({"max_attempts": True}, "max_attempts"),
+        ({"retryable_codes": frozenset()}, "retryable_codes"),
+        ({"retryable_codes": frozenset({"UNAVAILABLE"})}, "retryable_codes"),
+        ({"retryable_codes": frozenset({grpc.StatusCode.OK})}, "retryable_codes"),
+        ({"initial_backoff": -0.1}, "initial_backoff"),
+        ({"initial_backoff": float("nan")}, "initial_backoff"),
+        ({"initial_backoff": 2.0, "max_backoff": 1.0}, "max_backoff"),
+        ({"max_backoff": "1"}, "max_backoff"),
+        ({"backoff_multiplier": 0.5}, "backoff_multiplier"),
+    ],
+)
+def test_invalid_values_name_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bounds_are_accepted_and_codes_become_a_frozenset() -> None:
+    assert RetryPolicy(max_attempts=2).max_attempts == 2
+    assert RetryPolicy(max_attempts=5).max_attempts == 5
+    policy = RetryPolicy(retryable_codes={grpc.StatusCode.ABORTED})  # type: ignore[arg-type]
+    assert policy.retryable_codes == frozenset({grpc.StatusCode.ABORTED})
+
+
+def test_backoff_is_full_jitter_under_an_exponential_ceiling() -> None:
+    policy = RetryPolicy(initial_backoff=0.1, max_backoff=1.0, backoff_multiplier=2.0)
+    assert [policy.backoff_ceiling(n) for n in (1, 2, 3, 4, 5, 50, 10_000)] == pytest.approx(
+        [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
+    )
+    for retry in (1, 2, 3, 4):
+        samples = [policy.backoff(retry) for _ in range(500)]
+        ceiling = policy.backoff_ceiling(retry)
+        assert all(0.0 <= s <= ceiling for s in samples)
+        assert min(samples) < ceiling * 0.2 and max(samples) > ceiling * 0.8  # spread, not fixed
+    assert RetryPolicy(initial_backoff=0.0).backoff(3) == 0.0
+
+
+def test_should_retry() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    unavailable = grpc.StatusCode.UNAVAILABLE
+    assert policy.should_retry(unavailable, answered=False, attempt=1)
+    assert policy.should_retry(unavailable, answered=False, attempt=2)
+    assert not policy.should_retry(unavailable, answered=False, attempt=3)
+    assert not policy.should_retry(unavailable, answered=True, attempt=1)
+    assert not policy.should_retry(grpc.StatusCode.INTERNAL, answered=False, attempt=1)
