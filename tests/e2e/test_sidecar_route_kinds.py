@@ -87,10 +87,15 @@ async def test_unary_hint_keeps_the_deadline(stub: EchoStub) -> None:
 
 async def test_unary_hint_cancel_reaches_the_upstream(stub: EchoStub, env: Env) -> None:
     servicer = env.echo.servicer
+    # The previous test's deadline-exceeded call may still be unwinding in the app: wait until
+    # none is, so the counters below can only move for this call.
+    await wait_until(lambda: servicer.active == 0, timeout=10, message="earlier calls ended")
     before = servicer.cancelled
-    active = servicer.active
+    calls = servicer.calls["Unary"]
     call = stub.Unary(EchoRequest(message="wait", delay_s=20), timeout=30)
-    await wait_until(lambda: servicer.active > active, timeout=10, message="call reached app")
+    await wait_until(
+        lambda: servicer.calls["Unary"] > calls, timeout=10, message="call reached app"
+    )
     call.cancel()
     await wait_until(lambda: servicer.cancelled > before, timeout=10, message="app cancelled")
 
