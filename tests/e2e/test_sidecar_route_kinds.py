@@ -12,8 +12,12 @@ import pytest
 import pytest_asyncio
 
 from tests.e2e.conftest import Sidecar, Sidecars, static
+from tests.support.calls import (
+    assert_cancel_reaches_app,
+    assert_deadline_carried,
+    assert_deadline_enforced,
+)
 from tests.support.echo import EchoRequest, EchoServer, EchoStub, aiter_requests, start_echo_server
-from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -78,26 +82,12 @@ async def test_unary_hint_carries_status_details_and_trailers(stub: EchoStub) ->
 
 
 async def test_unary_hint_keeps_the_deadline(stub: EchoStub) -> None:
-    reply = await stub.Unary(EchoRequest(message="d"), timeout=5.0)
-    assert 3.0 < reply.time_remaining <= 5.0 * 1.01
-    with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await stub.Unary(EchoRequest(message="slow", delay_s=5), timeout=0.3)
-    assert failure.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    await assert_deadline_carried(stub)
+    await assert_deadline_enforced(stub)
 
 
 async def test_unary_hint_cancel_reaches_the_upstream(stub: EchoStub, env: Env) -> None:
-    servicer = env.echo.servicer
-    # The previous test's deadline-exceeded call may still be unwinding in the app: wait until
-    # none is, so the counters below can only move for this call.
-    await wait_until(lambda: servicer.active == 0, timeout=10, message="earlier calls ended")
-    before = servicer.cancelled
-    calls = servicer.calls["Unary"]
-    call = stub.Unary(EchoRequest(message="wait", delay_s=20), timeout=30)
-    await wait_until(
-        lambda: servicer.calls["Unary"] > calls, timeout=10, message="call reached app"
-    )
-    call.cancel()
-    await wait_until(lambda: servicer.cancelled > before, timeout=10, message="app cancelled")
+    await assert_cancel_reaches_app(stub, env.echo.servicer)
 
 
 async def test_server_stream_hint(stub: EchoStub) -> None:
