@@ -55,9 +55,10 @@ from sidecar.clusters import ClusterSet, build_router
 from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.inbound import InboundListener
 from sidecar.lifecycle import ConfigWatcher, ServerGroup, TaskSet
-from sidecar.observability import ClusterCollector, build_tracer, clusters_snapshot
+from sidecar.observability import build_tracer
 from sidecar.outbound import OutboundListener
 from sidecar.workers import Workers
+from telemetry.clusters import ClusterCollector, clusters_snapshot
 from telemetry.metrics import GrpcMetrics
 
 __all__ = ["Sidecar", "StartupError", "run", "worker_main"]

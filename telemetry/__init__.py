@@ -1,7 +1,8 @@
 """Telemetry: Prometheus metrics and OpenTelemetry traces for gRPC clients and servers.
 
 - :class:`GrpcMetrics` — go-grpc-prometheus style RPC metrics with a direct ``start``/``done``
-  API for raw proxies; :class:`ClusterMetrics` — endpoint metrics of balanced clusters.
+  API for raw proxies; :class:`ClusterCollector` / :func:`clusters_snapshot` — endpoint
+  states and picks of balanced channels, read at scrape time (register it for your channels).
 - :func:`aio_client_interceptors`, :func:`client_interceptors` (sync channels),
   :func:`aio_server_interceptor`, :func:`server_interceptor` — interceptors built per
   channel/server (grpc is never patched process-wide), with filters
@@ -14,6 +15,7 @@ Every metric is registered in the ``registry`` passed in (``None``: the default 
 
 from __future__ import annotations
 
+from telemetry.clusters import ClusterCollector, clusters_snapshot
 from telemetry.interceptors import (
     Filter,
     aio_client_interceptors,
@@ -32,7 +34,6 @@ from telemetry.metrics import (
     DEFAULT_LATENCY_BUCKETS,
     SERVER_STREAM,
     UNARY,
-    ClusterMetrics,
     GrpcMetrics,
     RpcKind,
     Side,
@@ -47,7 +48,7 @@ __all__ = [
     "DEFAULT_LATENCY_BUCKETS",
     "SERVER_STREAM",
     "UNARY",
-    "ClusterMetrics",
+    "ClusterCollector",
     "Filter",
     "GrpcMetrics",
     "RpcKind",
@@ -57,6 +58,7 @@ __all__ = [
     "all_of",
     "any_of",
     "client_interceptors",
+    "clusters_snapshot",
     "code_label",
     "extract_context",
     "health_check",

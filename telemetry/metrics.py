@@ -11,13 +11,11 @@ prometheus_client's default ``REGISTRY``), so tests and embedders own their regi
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Mapping
 from typing import Final, Literal
 
 import grpc
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 __all__ = [
     "BIDI_STREAM",
@@ -25,7 +23,6 @@ __all__ = [
     "DEFAULT_LATENCY_BUCKETS",
     "SERVER_STREAM",
     "UNARY",
-    "ClusterMetrics",
     "GrpcMetrics",
     "RpcKind",
     "Side",
@@ -217,80 +214,3 @@ class GrpcMetrics:
     def sent(self, method: str, kind: RpcKind, n: int = 1) -> None:
         """Count ``n`` messages sent (responses on a server, requests on a client)."""
         self._get(method, kind).sent.inc(n)
-
-
-class ClusterMetrics:
-    """Endpoint-level metrics of balanced clusters (the balancer and the sidecar report them).
-
-    - ``meshkit_cluster_endpoints{cluster,state}`` gauge: endpoints per connectivity state
-      (``READY``, ``CONNECTING``, ``IDLE``, ``TRANSIENT_FAILURE`` ...), set from a full snapshot.
-    - ``meshkit_cluster_picks_total{cluster,endpoint}`` counter: calls sent to each endpoint,
-      to see the spread.
-    - ``meshkit_cluster_ejections_total{cluster}`` counter: endpoints taken out of rotation by
-      health checking or outlier detection.
-    """
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        reg = REGISTRY if registry is None else registry
-        self.endpoints = Gauge(
-            "meshkit_cluster_endpoints",
-            "Endpoints of a cluster by connectivity state.",
-            ("cluster", "state"),
-            registry=reg,
-        )
-        self.picks = Counter(
-            "meshkit_cluster_picks",
-            "Calls the balancer sent to each endpoint of a cluster.",
-            ("cluster", "endpoint"),
-            registry=reg,
-        )
-        self.ejections = Counter(
-            "meshkit_cluster_ejections",
-            "Endpoints ejected from a cluster's rotation.",
-            ("cluster",),
-            registry=reg,
-        )
-        self._states: dict[str, set[str]] = {}
-        self._pick_children: dict[tuple[str, str], Counter] = {}
-
-    def set_endpoints(self, cluster: str, counts: Mapping[str, int]) -> None:
-        """Set the per-state endpoint counts of ``cluster`` from a full snapshot.
-
-        States reported before but absent now drop to 0, so a dashboard never shows a stale
-        count for a state the cluster left.
-        """
-        seen = self._states.setdefault(cluster, set())
-        for state in seen - counts.keys():
-            self.endpoints.labels(cluster, state).set(0)
-        for state, n in counts.items():
-            self.endpoints.labels(cluster, state).set(n)
-        seen.update(counts)
-
-    def pick(self, cluster: str, endpoint: str) -> None:
-        """Count one call sent to ``endpoint`` (``host:port``) of ``cluster``."""
-        key = (cluster, endpoint)
-        child = self._pick_children.get(key)
-        if child is None:
-            child = self.picks.labels(cluster, endpoint)
-            self._pick_children[key] = child
-        child.inc()
-
-    def ejected(self, cluster: str, n: int = 1) -> None:
-        """Count ``n`` endpoints ejected from ``cluster``."""
-        self.ejections.labels(cluster).inc(n)
-
-    def remove_endpoint(self, cluster: str, endpoint: str) -> None:
-        """Drop the pick series of an endpoint that left the cluster (bounds cardinality as
-        pods come and go)."""
-        if self._pick_children.pop((cluster, endpoint), None) is not None:
-            self.picks.remove(cluster, endpoint)
-
-    def remove_cluster(self, cluster: str) -> None:
-        """Drop every series of a cluster removed from the configuration."""
-        for state in self._states.pop(cluster, set()):
-            self.endpoints.remove(cluster, state)
-        for key in [k for k in self._pick_children if k[0] == cluster]:
-            del self._pick_children[key]
-            self.picks.remove(*key)
-        with contextlib.suppress(KeyError):  # never ejected: no series
-            self.ejections.remove(cluster)

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import balancers.aio
 from sidecar.admin import ENDPOINTS, AdminBindError, AdminServer
-from sidecar.observability import ClusterCollector, clusters_snapshot
+from telemetry.clusters import ClusterCollector, clusters_snapshot
 from telemetry.metrics import GrpcMetrics
 from tests.support.echo import EchoRequest, EchoServer, EchoStub, start_echo_server
 from tests.support.waiting import wait_until

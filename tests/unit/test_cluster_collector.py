@@ -6,12 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import pytest
 from prometheus_client import CollectorRegistry
 
 from balancers import SubchannelState
-from sidecar.observability import ClusterCollector, clusters_snapshot
-from telemetry.metrics import ClusterMetrics
+from telemetry.clusters import ClusterCollector, clusters_snapshot
 
 READY = grpc.ChannelConnectivity.READY
 TF = grpc.ChannelConnectivity.TRANSIENT_FAILURE
@@ -178,13 +176,6 @@ def test_not_registered_without_registry() -> None:
     collector = ClusterCollector(lambda: {"echo": echo_cluster()})
     names = {family.name for family in collector.collect()}
     assert "meshkit_cluster_endpoints" in names
-
-
-def test_conflicts_with_push_style_cluster_metrics() -> None:
-    registry = CollectorRegistry()
-    ClusterMetrics(registry)
-    with pytest.raises(ValueError, match="meshkit_cluster_endpoints"):
-        ClusterCollector(lambda: {}, registry=registry)
 
 
 def test_snapshot_shape() -> None:

@@ -1,4 +1,4 @@
-"""GrpcMetrics and ClusterMetrics against a fresh registry per test (no sockets)."""
+"""GrpcMetrics against a fresh registry per test (no sockets)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from telemetry import (
     BIDI_STREAM,
     UNARY,
-    ClusterMetrics,
     GrpcMetrics,
     code_label,
     split_method,
@@ -89,31 +88,3 @@ def test_method_cardinality_is_capped(registry: CollectorRegistry) -> None:
     assert get("grpc_server_started_total", labels("M2", BIDI_STREAM)) is None
     unknown = {"grpc_type": BIDI_STREAM, "grpc_service": "unknown", "grpc_method": "unknown"}
     assert get("grpc_server_started_total", unknown) == 3
-
-
-def test_cluster_metrics(registry: CollectorRegistry) -> None:
-    c = ClusterMetrics(registry)
-    get = registry.get_sample_value
-    c.set_endpoints("echo", {"READY": 2, "CONNECTING": 1})
-    c.set_endpoints("echo", {"READY": 3})
-    assert get("meshkit_cluster_endpoints", {"cluster": "echo", "state": "READY"}) == 3
-    # a state the cluster left drops to 0 rather than keeping a stale count
-    assert get("meshkit_cluster_endpoints", {"cluster": "echo", "state": "CONNECTING"}) == 0
-
-    c.pick("echo", "10.0.0.1:50051")
-    c.pick("echo", "10.0.0.1:50051")
-    c.pick("echo", "10.0.0.2:50051")
-    assert (
-        get("meshkit_cluster_picks_total", {"cluster": "echo", "endpoint": "10.0.0.1:50051"}) == 2
-    )
-    c.ejected("echo")
-    assert get("meshkit_cluster_ejections_total", {"cluster": "echo"}) == 1
-
-    c.remove_endpoint("echo", "10.0.0.1:50051")
-    assert (
-        get("meshkit_cluster_picks_total", {"cluster": "echo", "endpoint": "10.0.0.1:50051"})
-        is None
-    )
-    c.remove_cluster("echo")
-    c.remove_cluster("never-seen")
-    assert "cluster=" not in generate_latest(registry).decode()
