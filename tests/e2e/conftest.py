@@ -9,6 +9,7 @@ condition polled with a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +257,27 @@ def outbound_config(target: str, **cluster: Any) -> dict[str, Any]:
 
 def static(*servers: EchoServer) -> str:
     return "static:///" + ",".join(s.address for s in servers)
+
+
+@dataclass
+class EchoEnv:
+    """An echo app and a sidecar configured around it."""
+
+    echo: EchoServer
+    sidecar: Sidecar
+
+
+@contextlib.asynccontextmanager
+async def echo_behind_sidecar(
+    sidecars: Sidecars, config: Callable[[EchoServer], dict[str, Any]]
+) -> AsyncIterator[EchoEnv]:
+    """Start an echo app and a sidecar with ``config(echo)``; the app always stops after.
+
+    A sidecar that fails to start must not leave the app to a garbage-collected grpc shutdown,
+    which hangs some unrelated later test.
+    """
+    echo = await start_echo_server("app")
+    try:
+        yield EchoEnv(echo, await sidecars.start(config(echo)))
+    finally:
+        await echo.stop(None)

@@ -5,59 +5,49 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
 import pytest_asyncio
 
-from tests.e2e.conftest import Sidecar, Sidecars, static
+from tests.e2e.conftest import EchoEnv, Sidecars, echo_behind_sidecar, static
 from tests.support.calls import (
     assert_cancel_reaches_app,
     assert_deadline_carried,
     assert_deadline_enforced,
 )
-from tests.support.echo import EchoRequest, EchoServer, EchoStub, aiter_requests, start_echo_server
+from tests.support.echo import EchoRequest, EchoStub, aiter_requests
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 ECHO = "/meshkit.test.Echo/"
 
 
-@dataclass
-class Env:
-    echo: EchoServer
-    sidecar: Sidecar
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(module_sidecars: Sidecars) -> AsyncIterator[Env]:
-    echo = await start_echo_server("app")
-    try:  # a failed start must not leave the server to a garbage-collected shutdown
-        sidecar = await module_sidecars.start(
-            {
-                "outbound": {
-                    "listen": "127.0.0.1:0",
-                    "routes": [
-                        {"prefix": ECHO, "cluster": "echo"},
-                        {"prefix": "/dead.Service/", "cluster": "dead"},
-                    ],
-                },
-                "inbound": {"listen": "127.0.0.1:0", "app": echo.address},
-                "clusters": {
-                    "echo": {"target": static(echo)},
-                    # port 1 on loopback: nothing listens there, connections are refused at once
-                    "dead": {"target": "static:///127.0.0.1:1"},
-                },
-            }
-        )
-        yield Env(echo, sidecar)
-    finally:
-        await echo.stop(None)
+async def env(module_sidecars: Sidecars) -> AsyncIterator[EchoEnv]:
+    async with echo_behind_sidecar(
+        module_sidecars,
+        lambda echo: {
+            "outbound": {
+                "listen": "127.0.0.1:0",
+                "routes": [
+                    {"prefix": ECHO, "cluster": "echo"},
+                    {"prefix": "/dead.Service/", "cluster": "dead"},
+                ],
+            },
+            "inbound": {"listen": "127.0.0.1:0", "app": echo.address},
+            "clusters": {
+                "echo": {"target": static(echo)},
+                # port 1 on loopback: nothing listens there, connections are refused at once
+                "dead": {"target": "static:///127.0.0.1:1"},
+            },
+        },
+    ) as started:
+        yield started
 
 
 @pytest.fixture(params=["outbound", "inbound"])
-def address(request: pytest.FixtureRequest, env: Env) -> str:
+def address(request: pytest.FixtureRequest, env: EchoEnv) -> str:
     return str(env.sidecar.addresses[request.param])
 
 
@@ -126,11 +116,11 @@ async def test_deadline_exceeded(stub: EchoStub) -> None:
     await assert_deadline_enforced(stub)
 
 
-async def test_client_cancel_reaches_the_upstream(stub: EchoStub, env: Env) -> None:
+async def test_client_cancel_reaches_the_upstream(stub: EchoStub, env: EchoEnv) -> None:
     await assert_cancel_reaches_app(stub, env.echo.servicer)
 
 
-async def test_unknown_route_is_unimplemented_naming_the_path(env: Env) -> None:
+async def test_unknown_route_is_unimplemented_naming_the_path(env: EchoEnv) -> None:
     async with grpc.aio.insecure_channel(env.sidecar.outbound) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as failure:
             await channel.unary_unary("/unknown.Service/Method")(b"", timeout=10)
@@ -138,7 +128,7 @@ async def test_unknown_route_is_unimplemented_naming_the_path(env: Env) -> None:
     assert "/unknown.Service/Method" in (failure.value.details() or "")
 
 
-async def test_cluster_without_reachable_endpoint_is_unavailable(env: Env) -> None:
+async def test_cluster_without_reachable_endpoint_is_unavailable(env: EchoEnv) -> None:
     async with grpc.aio.insecure_channel(env.sidecar.outbound) as channel:
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as failure:

@@ -5,36 +5,29 @@ the default stream path, and unhinted methods of the same service still work."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
 import pytest_asyncio
 
-from tests.e2e.conftest import Sidecar, Sidecars, static
+from tests.e2e.conftest import EchoEnv, Sidecars, echo_behind_sidecar, static
 from tests.support.calls import (
     assert_cancel_reaches_app,
     assert_deadline_carried,
     assert_deadline_enforced,
 )
-from tests.support.echo import EchoRequest, EchoServer, EchoStub, aiter_requests, start_echo_server
+from tests.support.echo import EchoRequest, EchoStub, aiter_requests
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
 ECHO = "/meshkit.test.Echo/"
 
 
-@dataclass
-class Env:
-    echo: EchoServer
-    sidecar: Sidecar
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(module_sidecars: Sidecars) -> AsyncIterator[Env]:
-    echo = await start_echo_server("app")
-    sidecar = await module_sidecars.start(
-        {
+async def env(module_sidecars: Sidecars) -> AsyncIterator[EchoEnv]:
+    async with echo_behind_sidecar(
+        module_sidecars,
+        lambda echo: {
             "outbound": {
                 "listen": "127.0.0.1:0",
                 "routes": [
@@ -45,14 +38,13 @@ async def env(module_sidecars: Sidecars) -> AsyncIterator[Env]:
                 ],
             },
             "clusters": {"echo": {"target": static(echo)}},
-        }
-    )
-    yield Env(echo, sidecar)
-    await echo.stop(None)
+        },
+    ) as started:
+        yield started
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def stub(env: Env) -> AsyncIterator[EchoStub]:
+async def stub(env: EchoEnv) -> AsyncIterator[EchoStub]:
     async with grpc.aio.insecure_channel(env.sidecar.addresses["outbound"]) as channel:
         yield EchoStub(channel)
 
@@ -86,7 +78,7 @@ async def test_unary_hint_keeps_the_deadline(stub: EchoStub) -> None:
     await assert_deadline_enforced(stub)
 
 
-async def test_unary_hint_cancel_reaches_the_upstream(stub: EchoStub, env: Env) -> None:
+async def test_unary_hint_cancel_reaches_the_upstream(stub: EchoStub, env: EchoEnv) -> None:
     await assert_cancel_reaches_app(stub, env.echo.servicer)
 
 
