@@ -66,20 +66,6 @@ class ChannelSettings:
     """Retries of unary-request calls (``balancers.RetryPolicy``); None is one attempt."""
 
 
-def default_authority(target: Target) -> str | None:
-    """The ``:authority`` gRPC would send for ``target`` (the service name, not a pod IP)."""
-    if target.scheme == "dns":
-        return target.endpoint
-    if target.scheme == "dns+srv":
-        labels = target.endpoint.split(".")
-        while labels and labels[0].startswith("_"):
-            labels.pop(0)
-        return ".".join(labels) or None
-    if target.scheme == "static" and "," not in target.endpoint:
-        return target.endpoint
-    return None
-
-
 class ChannelCore:
     """Drives a resolver and a policy for one target and publishes pickers."""
 
@@ -90,7 +76,8 @@ class ChannelCore:
         settings: ChannelSettings,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.target = Target.parse(target)
+        # The check `sidecar validate` runs too: a target gets one verdict everywhere.
+        self.target = resolvers.check_target(target)
         self.target_text = target
         self.settings = settings
         self._factory = factory
@@ -98,7 +85,6 @@ class ChannelCore:
         self.picker: Picker = QueuePicker()
         self.connectivity: Connectivity = IDLE
         self._builder = _registry.get(settings.lb_policy)
-        resolvers.get(self.target.scheme)  # fail at construction on an unknown scheme
         self._balancer: Balancer | None = None
         self._resolver: Resolver | None = None
         self._closed = False
@@ -336,7 +322,8 @@ def channel_options(
         )
     result.append(("grpc.lb_policy_name", "pick_first"))
     if not any(k == "grpc.default_authority" for k, _ in result):
-        authority = default_authority(target)
+        # The service's name (not a pod IP), as gRPC would send it; the resolver knows it.
+        authority = resolvers.default_authority(target)
         if authority:
             result.append(("grpc.default_authority", authority))
     return result

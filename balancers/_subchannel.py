@@ -45,6 +45,9 @@ STREAM_STREAM = 3
 
 def grpc_target(address: Address) -> str:
     """The grpcio target naming exactly this address, so grpcio resolves nothing itself."""
+    if address.network == "unix":
+        # grpcio takes both unix:relative and unix:/absolute paths.
+        return f"unix:{address.host}"
     if address.is_ip:
         return f"ipv6:{address}" if ":" in address.host else f"ipv4:{address}"
     # A host name from a static list: grpcio's own resolver turns it into addresses once.

@@ -58,7 +58,11 @@ class Resolver(abc.ABC):
 
 @runtime_checkable
 class ResolverBuilder(Protocol):
-    """Makes resolvers for one URI scheme."""
+    """Makes resolvers for one URI scheme.
+
+    Two more methods are optional (see :class:`TargetChecker`): ``validate_target``, so a
+    config can be checked without starting anything, and ``default_authority``.
+    """
 
     scheme: str
 
@@ -67,4 +71,23 @@ class ResolverBuilder(Protocol):
     ) -> Resolver:
         """Start a resolver for ``target`` on the running event loop; raise ``ValueError``
         when the target is malformed for this scheme."""
+        ...
+
+
+@runtime_checkable
+class TargetChecker(Protocol):
+    """What a builder implements to check targets up front (all built-in builders do).
+
+    :func:`resolvers.check_target` calls it for ``sidecar validate``, the sidecar's clusters
+    and every balanced channel, and the builder's ``build`` calls it too, so every path gives
+    a target the same verdict.
+    """
+
+    def validate_target(self, target: Target) -> None:
+        """Raise ``ValueError`` saying what is wrong with ``target`` for this scheme."""
+        ...
+
+    def default_authority(self, target: Target) -> str | None:
+        """The ``:authority`` a channel to ``target`` sends (the service's name, as gRPC
+        would); ``None`` when there is none to give (a list of several addresses)."""
         ...

@@ -1,4 +1,5 @@
-"""``dns:///name:port`` and ``dns://ns-host:ns-port/name:port``: A + AAAA, refreshed on TTL.
+"""``dns:name:port``, ``dns:///name:port`` and ``dns://ns-host:ns-port/name:port``: A + AAAA,
+refreshed on TTL.
 
 The empty authority asks the system nameservers (``/etc/resolv.conf``, with its search list and
 ``ndots``, as the OS resolver would); an explicit ``ns-host:ns-port`` asks that server only and
@@ -257,25 +258,58 @@ class _FixedLookup:
         return self._result
 
 
+@dataclass(frozen=True)
+class _DnsTarget:
+    """A checked ``dns`` target: exactly one of ``fixed`` (no lookup needed) and ``name``."""
+
+    nameserver: tuple[str, int] | None
+    port: int
+    fixed: LookupResult | None = None
+    name: dns.name.Name | None = None
+
+
+def _parse_dns_target(target: Target) -> _DnsTarget:
+    nameserver = parse_nameserver(target.authority)
+    host, port = split_host_port(target.endpoint, DEFAULT_PORT)
+    literal = _ip_literal(host)
+    if literal is not None:
+        fixed = LookupResult((Address(literal, port),), None, "IP literal")
+        return _DnsTarget(nameserver, port, fixed=fixed)
+    if host.lower() in (_LOCALHOST, _LOCALHOST + "."):
+        # RFC 6761: localhost is loopback and must not be sent to nameservers.
+        fixed = LookupResult((Address("127.0.0.1", port),), None, "localhost")
+        return _DnsTarget(nameserver, port, fixed=fixed)
+    if ":" in host:
+        # split_host_port took several colons for a bare IPv6 literal, and it is not one.
+        raise ValueError(
+            f"{target.endpoint!r} is neither host:port nor an IPv6 address ([addr]:port)"
+        )
+    return _DnsTarget(nameserver, port, name=parse_dns_name(host))
+
+
 class DnsResolverBuilder:
-    """Builder for the ``dns`` scheme (A + AAAA records)."""
+    """Builder for the ``dns`` scheme (A + AAAA records): ``dns:host[:port]``,
+    ``dns:///host[:port]``, ``dns://ns-ip[:ns-port]/host[:port]``."""
 
     scheme = "dns"
+
+    def validate_target(self, target: Target) -> None:
+        """Raise ``ValueError`` saying what is wrong with ``target``."""
+        _parse_dns_target(target)
+
+    def default_authority(self, target: Target) -> str | None:
+        """The endpoint as written (``svc.ns:50051``), as gRPC sends it."""
+        return target.endpoint
 
     def build(
         self, target: Target, listener: ResolverListener, options: ResolverOptions
     ) -> Resolver:
         """Start watching ``target``; ``ValueError`` if it is malformed."""
-        nameserver = parse_nameserver(target.authority)
-        host, port = split_host_port(target.endpoint, DEFAULT_PORT)
-        literal = _ip_literal(host)
-        if literal is not None:
-            fixed = LookupResult((Address(literal, port),), None, "IP literal")
-            return PollingResolver(str(target), _FixedLookup(fixed), listener, options)
-        if host.lower() in (_LOCALHOST, _LOCALHOST + "."):
-            # RFC 6761: localhost is loopback and must not be sent to nameservers.
-            fixed = LookupResult((Address("127.0.0.1", port),), None, "localhost")
-            return PollingResolver(str(target), _FixedLookup(fixed), listener, options)
-        name = parse_dns_name(host)
-        client = DnsClient(str(target), nameserver, options)
-        return PollingResolver(str(target), _DnsLookup(client, name, port), listener, options)
+        parsed = _parse_dns_target(target)
+        if parsed.fixed is not None:
+            lookup: _FixedLookup | _DnsLookup = _FixedLookup(parsed.fixed)
+        else:
+            assert parsed.name is not None
+            client = DnsClient(str(target), parsed.nameserver, options)
+            lookup = _DnsLookup(client, parsed.name, parsed.port)
+        return PollingResolver(str(target), lookup, listener, options)

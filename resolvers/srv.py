@@ -106,15 +106,30 @@ class SrvResolverBuilder:
 
     scheme = "dns+srv"
 
+    @staticmethod
+    def _parse(target: Target) -> tuple[tuple[str, int] | None, dns.name.Name]:
+        nameserver = parse_nameserver(target.authority)
+        if ":" in target.endpoint:
+            raise ValueError(
+                f"the endpoint {target.endpoint!r} is a name only; ports come from the records"
+            )
+        return nameserver, parse_dns_name(target.endpoint)
+
+    def validate_target(self, target: Target) -> None:
+        """Raise ``ValueError`` saying what is wrong with ``target``."""
+        self._parse(target)
+
+    def default_authority(self, target: Target) -> str | None:
+        """The service's name without the leading ``_service._proto`` labels."""
+        labels = target.endpoint.split(".")
+        while labels and labels[0].startswith("_"):
+            labels.pop(0)
+        return ".".join(labels) or None
+
     def build(
         self, target: Target, listener: ResolverListener, options: ResolverOptions
     ) -> Resolver:
         """Start watching ``target``; ``ValueError`` if it is malformed."""
-        nameserver = parse_nameserver(target.authority)
-        if ":" in target.endpoint:
-            raise ValueError(
-                f"SRV target {target}: the endpoint is a name only; ports come from the records"
-            )
-        name = parse_dns_name(target.endpoint)
+        nameserver, name = self._parse(target)
         client = DnsClient(str(target), nameserver, options)
         return PollingResolver(str(target), _SrvLookup(client, name), listener, options)

@@ -184,7 +184,7 @@ def test_parse_dns_name_rejects_junk(name: str) -> None:
         "dns:///a..b:1",
         "dns:///a/b:1",
         "dns:///[::1:1",
-        "dns:svc:80",  # gRPC's opaque form is not supported: it fails loudly, not silently
+        "dns:a..b:80",  # the opaque form (dns:host:port) is checked like the others
     ],
 )
 def test_dns_builder_rejects_malformed_targets(uri: str) -> None:
