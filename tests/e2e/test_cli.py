@@ -147,3 +147,91 @@ def test_version() -> None:
 def test_usage_error_exits_2() -> None:
     result = run("frobnicate")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+# -- hostile input: refused with one clear line, fast, never a traceback -----------------------
+
+
+def _laughs(levels: int = 9) -> str:
+    """A ~700-byte "billion laughs" YAML document (9**levels strings when expanded)."""
+    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"l{i}: &l{i} [{','.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_deeply_nested_yaml_is_one_config_error_line(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text(GOOD + "workers: " + "[" * 2000 + "]" * 2000 + "\n")
+    result = run("validate", "--config", str(path))
+    assert_config_error(result, f"{path}:4:", "nesting deeper than 64 levels")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "laughs.yaml"
+    path.write_text(GOOD + _laughs())
+    result = run("validate", "--config", str(path))
+    assert_config_error(result, str(path), "more than 20000 values")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_alias_bomb_in_a_variable_is_refused_naming_it(good: Path) -> None:
+    bomb = "{" + _laughs().replace("\n", ", ").rstrip(", ") + "}"
+    result = run("validate", "-c", str(good), env={"MESHKIT_WORKERS": bomb})
+    assert_config_error(result, "config error: MESHKIT_WORKERS: refused: more than 20000 values")
+
+
+def test_print_config_redacts_credentials_in_the_otlp_endpoint(tmp_path: Path) -> None:
+    path = tmp_path / "otlp.yaml"
+    endpoint = "http://user:PASSWORD@collector:4318/v1/traces?api_key=SECRET"
+    path.write_text(GOOD + f"telemetry: {{tracing: {{otlp_endpoint: '{endpoint}'}}}}\n")
+    result = run("validate", "-c", str(path), "--print-config")
+    assert result.returncode == 0, result.stderr
+    assert "otlp_endpoint: http://<redacted>@collector:4318/v1/traces?api_key=<redacted>" in (
+        result.stdout
+    )
+    assert "PASSWORD" not in result.stdout and "SECRET" not in result.stdout
+
+
+def test_validate_parses_tls_files(tmp_path: Path) -> None:
+    (tmp_path / "tls.crt").write_text("not a certificate\n")
+    (tmp_path / "tls.key").write_text("not a key\n")
+    path = tmp_path / "tls.yaml"
+    path.write_text(
+        GOOD + "inbound: {listen: 127.0.0.1:15006, app: 127.0.0.1:8080,"
+        " tls: {cert: tls.crt, key: tls.key, require_client_cert: false}}\n"
+    )
+    result = run("validate", "-c", str(path))
+    assert_config_error(
+        result,
+        f"config error: inbound.tls.cert: {tmp_path / 'tls.crt'}: not a PEM certificate",
+        f"config error: inbound.tls.key: {tmp_path / 'tls.key'}: not a PEM private key",
+    )
+    assert run("validate", "-c", str(path), "--skip-file-checks").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("drain: {drain_delay: 1e300s}", "drain.drain_delay: must be at most 1h"),
+        (
+            "inbound: {listen: 127.0.0.1:15006, app: 127.0.0.1:8080, keepalive: {time: 1e308}}",
+            "inbound.keepalive.time: must be at most 24h",
+        ),
+        ("inbound: {listen: 127.0.0.1:15006, app: 'host:٨٠'}", "inbound.app: port must be"),
+        ("inbound: {listen: 127.0.0.1:15006, app: '256.1.1.1:80'}", "not an IPv4 address"),
+    ],
+    ids=["drain-1e300s", "keepalive-1e308", "arabic-indic-port", "octet-256"],
+)
+def test_values_run_could_not_use_fail_validate(tmp_path: Path, line: str, fragment: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD + line + "\n")
+    assert_config_error(run("validate", "-c", str(path)), fragment)
+
+
+def test_nul_target_fails_validate(tmp_path: Path) -> None:
+    path = tmp_path / "nul.yaml"
+    path.write_text(GOOD.replace("static:///127.0.0.1:10000", '"\\0"'))
+    assert_config_error(
+        run("validate", "-c", str(path)), "clusters.backend.target: must not contain control"
+    )

@@ -27,6 +27,7 @@ from sidecar.config import (
     load_config,
     parse_config,
 )
+from tests.support.certs import make_ca, server_cert
 
 MINIMAL_YAML = """\
 outbound: {listen: 127.0.0.1:15001, routes: [{prefix: /, cluster: backend}]}
@@ -118,8 +119,9 @@ def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def full_dir(tmp_path: Path) -> Path:
     (tmp_path / "certs").mkdir()
-    for name in ("tls.crt", "tls.key", "ca.crt"):
-        (tmp_path / "certs" / name).write_text("-----BEGIN-----\n")
+    ca = make_ca()
+    (tmp_path / "certs" / "ca.crt").write_bytes(ca.cert_pem)
+    server_cert(ca).write(str(tmp_path / "certs"), "tls")
     (tmp_path / "tokens").write_text(TOKEN + "\n")
     (tmp_path / "sidecar.yaml").write_text(FULL_YAML)
     return tmp_path
