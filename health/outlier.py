@@ -197,5 +197,7 @@ class OutlierDetector(Generic[K]):
     def _decayed(self, ep: _Endpoint, now: float) -> int:
         if ep.ejected_until is not None or ep.times_ejected == 0:
             return ep.times_ejected
-        intervals = int((now - ep.decay_from) // self._config.base_ejection_time)
+        # max(0, ...): a caller may pass expired() a time ahead of our clock; the count
+        # must not grow from it.
+        intervals = max(0, int((now - ep.decay_from) // self._config.base_ejection_time))
         return max(0, ep.times_ejected - intervals)

@@ -263,3 +263,125 @@ def test_never_more_than_max_percent_ejected(
         assert len(det.ejected()) * 100 <= percent * len(keys)
         expiry = det.next_expiry()
         assert (expiry is None) == (det.ejected() == [])
+
+
+# -- counting ejections across removals and expiries; config boundaries ---------------------------
+
+
+def test_the_cap_holds_after_ejections_expire_and_start_again() -> None:
+    # 50 % of 5 endpoints: at most 2 out at once, round after round.
+    det, clock = detector(keys=("a", "b", "c", "d", "e"), max_ejection_percent=50)
+    for _ in range(3):
+        assert [fail(det, k, 3)[-1] for k in ("a", "b", "c")] == [True, True, False]
+        assert sorted(det.ejected()) == ["a", "b"]
+        clock.now += 100.0
+        assert sorted(det.expired()) == ["a", "b"]
+        fail(det, "c", 3)  # its refused run went on; room now: ejected
+        assert det.ejected() == ["c"]
+        clock.now += 100.0
+        det.expired()
+    assert det.ejected() == []
+
+
+def test_removing_ejected_endpoints_frees_exactly_their_places() -> None:
+    det, _ = detector(keys=("a", "b", "c", "d", "e"), max_ejection_percent=50)
+    fail(det, "a", 3)
+    fail(det, "b", 3)
+    det.remove("a")  # 1 of 4 ejected: one more fits (2 of 4), not two
+    assert [fail(det, k, 3)[-1] for k in ("c", "d")] == [True, False]
+    det.update(["b", "c", "d", "e", "f"])  # a no-op for the count: nothing ejected leaves
+    assert not fail(det, "e", 3)[-1]  # 3 of 5 > 50 %
+    det.update(["c", "d", "e", "f"])  # b (ejected) leaves: 1 of 4, one more fits
+    fail(det, "d", 3)
+    fail(det, "e", 3)
+    assert sorted(det.ejected()) == ["c", "d"]
+
+
+def test_an_expired_endpoint_needs_a_full_run_again() -> None:
+    det, clock = detector(keys=("a", "b"))
+    fail(det, "a", 3)
+    clock.now += 10.0
+    assert det.expired() == ["a"]
+    assert fail(det, "a", 3) == [False, False, True]
+
+
+def test_times_ejected_while_ejected_and_for_unknown_keys() -> None:
+    det, clock = detector(keys=("a", "b"))
+    assert det.times_ejected("nobody") == 0
+    assert det.times_ejected("a") == 0
+    clock.now += 500.0  # long after the endpoint was added: no decay while ejected
+    fail(det, "a", 3)
+    clock.now += 9.0
+    assert det.times_ejected("a") == 1
+    clock.now += 1.0
+    det.expired()
+    fail(det, "a", 3)  # again at once: second ejection, 20 s
+    assert det.times_ejected("a") == 2
+    assert det.next_expiry() == clock.now + 20.0
+
+
+def test_expired_takes_keys_that_cannot_be_ordered() -> None:
+    # Keys need only be hashable (subchannels are); simultaneous expiries must not compare them.
+    clock = FakeClock()
+    det: OutlierDetector[object] = OutlierDetector(
+        OutlierConfig(consecutive_failures=1, max_ejection_percent=100), clock=clock
+    )
+    first, second = object(), object()
+    det.update([first, second])
+    det.record(first, UNAVAILABLE)
+    det.record(second, UNAVAILABLE)
+    clock.now += 30.0
+    assert set(det.expired()) == {first, second}
+
+
+def test_one_failure_can_be_enough() -> None:
+    det, _ = detector(consecutive_failures=1)
+    assert det.record("a", UNAVAILABLE)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("consecutive_failures", 0, r"^consecutive_failures: must be >= 1$"),
+        ("consecutive_failures", True, r"^consecutive_failures: "),
+        ("failure_codes", frozenset(), r"^failure_codes: must not be empty$"),
+        ("failure_codes", frozenset({grpc.StatusCode.OK}), r"^failure_codes: OK is not"),
+        ("failure_codes", frozenset({14}), r"^failure_codes: must be grpc\.StatusCode values$"),
+        ("base_ejection_time", 0.0, r"^base_ejection_time: must be > 0$"),
+        ("max_ejection_time", 0.0, r"^max_ejection_time: must be > 0$"),
+        ("max_ejection_percent", 101, r"^max_ejection_percent: must be 0\.\.100$"),
+    ],
+)
+def test_config_errors_start_with_the_field(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OutlierConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_config_boundaries_are_accepted() -> None:
+    cfg = OutlierConfig(
+        consecutive_failures=1,
+        base_ejection_time=0.5,
+        max_ejection_time=0.25,
+        max_ejection_percent=0,
+    )
+    assert cfg.ejection_cap == 0.5
+    assert OutlierConfig(max_ejection_percent=100).max_ejection_percent == 100
+
+
+def test_any_iterable_of_codes_becomes_a_frozenset_so_configs_hash() -> None:
+    cfg = OutlierConfig(failure_codes=[UNAVAILABLE, grpc.StatusCode.INTERNAL])  # type: ignore[arg-type]
+    assert isinstance(cfg.failure_codes, frozenset)
+    same = OutlierConfig(failure_codes={grpc.StatusCode.INTERNAL, UNAVAILABLE})  # type: ignore[arg-type]
+    assert hash(cfg) == hash(same) and cfg == same
+
+
+def test_an_expiry_time_ahead_of_the_clock_never_grows_the_multiplier() -> None:
+    # expired(now=...) may be given a time later than the detector's own clock: the decay
+    # then starts "in the future", which must not count as negative healthy time.
+    det, clock = detector(keys=("a", "b"))
+    fail(det, "a", 3)
+    assert det.expired(now=clock.now + 50) == ["a"]
+    assert det.times_ejected("a") == 1  # still 1 at the clock's (earlier) time
+    fail(det, "a", 3)
+    until = det.next_expiry()
+    assert until is not None and until - clock.now == 20.0  # second ejection: 2x, not 3x

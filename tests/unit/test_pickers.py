@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import gc
+import weakref
 from typing import Any
 
 import grpc
@@ -360,3 +362,150 @@ def test_aggressive_keepalive_is_warned_about(caplog: pytest.LogCaptureFixture) 
     caplog.clear()
     channel_options([("grpc.keepalive_time_ms", 300_000)], Target.parse("dns:///y:1"))
     assert caplog.text == ""
+
+
+# -- the subchannel set's edges: removal, close, failure details, resolve_now -------------------
+
+
+def report(sc: FakeSubchannel, connectivity: grpc.ChannelConnectivity, reason: str) -> None:
+    """Report a state with exactly ``reason`` (``FakeSubchannel.set`` makes one up)."""
+    sc.state = SubchannelState(connectivity, reason)
+    sc.listener(sc, sc.state)
+
+
+def pick_failure(controller: FakeController) -> PickFailed:
+    with pytest.raises(PickFailed) as failed:
+        controller.picker.pick(INFO)
+    return failed.value
+
+
+def test_a_removed_subchannels_late_state_changes_are_ignored() -> None:
+    controller, balancer = build()
+    balancer.update_resolver_state(ResolverState(addrs(1, 2)))
+    gone, kept = (controller.subchannels[a] for a in addrs(1, 2))
+    gone.set(READY)
+    kept.set(READY)
+    balancer.update_resolver_state(ResolverState(addrs(2)))
+    published, resolves = len(controller.published), controller.resolve_now_calls
+    gone.set(TRANSIENT_FAILURE)  # a callback already on its way when it was removed
+    gone.set(IDLE)
+    assert len(controller.published) == published
+    assert controller.resolve_now_calls == resolves
+    assert {controller.picker.pick(INFO).subchannel.address for _ in range(4)} == {kept.address}
+
+
+def test_a_removed_subchannel_is_not_kept_alive() -> None:
+    # A long-lived channel sees endpoints come and go: a failed one, once removed, is freed.
+    controller, balancer = build()
+    balancer.update_resolver_state(ResolverState(addrs(1, 2)))
+    gone = controller.subchannels[addrs(1)[0]]
+    gone.set(CONNECTING)
+    gone.set(TRANSIENT_FAILURE)
+    ref = weakref.ref(gone)
+    balancer.update_resolver_state(ResolverState(addrs(2)))
+    assert controller.removed == [gone]
+    controller.removed.clear()
+    del gone
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_closed_balancer_ignores_everything() -> None:
+    controller, balancer = build()
+    balancer.update_resolver_state(ResolverState(addrs(1)))
+    sc = controller.subchannels[addrs(1)[0]]
+    balancer.close()
+    published = len(controller.published)
+    sc.set(READY)
+    balancer.update_resolver_state(ResolverState(addrs(2, 3)))
+    balancer.resolver_error(RuntimeError("late"))
+    assert len(controller.published) == published
+    assert controller.subchannels == {}  # nothing created after close
+    assert controller.resolve_now_calls == 0
+
+
+def test_failed_picks_are_unavailable_and_say_why() -> None:
+    controller, balancer = build()
+    balancer.update_resolver_state(ResolverState(()))
+    failure = pick_failure(controller)
+    assert failure.code is grpc.StatusCode.UNAVAILABLE
+    assert failure.details == "no addresses resolved for static:///x"  # no note, no colon
+
+    balancer.update_resolver_state(ResolverState(addrs(1, 2)))
+    s1, s2 = (controller.subchannels[a] for a in addrs(1, 2))
+    report(s1, TRANSIENT_FAILURE, "connection refused")
+    report(s2, TRANSIENT_FAILURE, "handshake timed out")
+    failure = pick_failure(controller)
+    assert failure.code is grpc.StatusCode.UNAVAILABLE
+    assert failure.details == (
+        "all 2 endpoints of static:///x failing; last error: handshake timed out"
+    )
+
+
+def test_a_failure_without_a_reason_reads_unknown() -> None:
+    controller, balancer = build()
+    balancer.update_resolver_state(ResolverState(addrs(1)))
+    report(controller.subchannels[addrs(1)[0]], TRANSIENT_FAILURE, "")
+    assert pick_failure(controller).details.endswith("; last error: unknown")
+
+
+def test_a_subchannel_failing_from_the_start_reads_unknown() -> None:
+    class FailingFromTheStart(FakeController):
+        def new_subchannel(self, address: Address, listener: Any) -> Any:
+            sc = super().new_subchannel(address, listener)
+            sc.state = SubchannelState(TRANSIENT_FAILURE)
+            return sc
+
+    controller = FailingFromTheStart()
+    balancer = balancers.get("round_robin").build(
+        controller, balancers.BalancerOptions("static:///x")
+    )
+    balancer.update_resolver_state(ResolverState(addrs(1)))
+    assert controller.state is TRANSIENT_FAILURE
+    assert pick_failure(controller).details.endswith("; last error: unknown")
+
+
+def test_ready_clears_the_failure_mark() -> None:
+    controller, balancer = build()
+    balancer.update_resolver_state(ResolverState(addrs(1)))
+    sc = controller.subchannels[addrs(1)[0]]
+    sc.set(TRANSIENT_FAILURE)
+    sc.set(READY)
+    sc.set(IDLE)  # went idle after working: not failing
+    assert controller.state is IDLE
+    sc.set(CONNECTING)
+    assert controller.state is CONNECTING
+
+
+def test_resolve_now_only_when_a_working_endpoint_is_lost() -> None:
+    controller, balancer = build()
+    balancer.update_resolver_state(ResolverState(addrs(1)))
+    sc = controller.subchannels[addrs(1)[0]]
+    for connectivity in (CONNECTING, READY):
+        sc.set(connectivity)
+    assert controller.resolve_now_calls == 0  # connecting and getting ready lose nothing
+    sc.set(IDLE)  # READY -> IDLE: the endpoint may be gone
+    assert controller.resolve_now_calls == 1
+    sc.set(CONNECTING)
+    sc.set(TRANSIENT_FAILURE)  # CONNECTING -> TRANSIENT_FAILURE
+    assert controller.resolve_now_calls == 2
+    sc.set(TRANSIENT_FAILURE)
+    sc.set(IDLE)  # still the same failure: already asked
+    assert controller.resolve_now_calls == 2
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [[2999, 1000], [7001, 2999, 1], [100_000, 1], [65535, 30000, 1]],
+)
+def test_scaled_down_schedules_stay_proportional(weights: list[int]) -> None:
+    """Totals over the schedule's limit are scaled down; shares stay within rounding."""
+    from balancers.weighted_round_robin import MAX_SCHEDULE, smooth_schedule
+
+    schedule = smooth_schedule(weights)
+    assert len(schedule) <= MAX_SCHEDULE + len(weights)  # rounding up may add one each
+    counts = collections.Counter(schedule)
+    total = sum(weights)
+    for index, weight in enumerate(weights):
+        assert counts[index] >= 1  # scaling never drops an endpoint
+        assert counts[index] / len(schedule) == pytest.approx(weight / total, abs=0.002)

@@ -416,7 +416,10 @@ async def test_hung_lookup_is_timed_out_by_the_backstop(make: Make) -> None:
     while not h.listener.errors:
         assert asyncio.get_running_loop().time() < deadline, "backstop never fired"
         await asyncio.sleep(0.02)
-    assert "did not finish within 0.05s" in str(h.listener.errors[0])
+    error = h.listener.errors[0]
+    assert isinstance(error, ResolutionError)
+    assert (error.target, error.reason) == (TARGET, "lookup did not finish within 0.05s")
+    assert str(error) == f"resolving {TARGET}: lookup did not finish within 0.05s"
     assert h.lookup.in_flight == 0  # the hung call was cancelled
 
 
@@ -546,3 +549,157 @@ async def test_build_requires_a_running_loop() -> None:
     # Off the loop's thread there is no running loop: building must fail loudly.
     with pytest.raises(RuntimeError):
         await asyncio.get_running_loop().run_in_executor(None, build)
+
+
+# -- edges: attribute-only changes, the hint rate limit without TTL, the backstop's patience ------
+
+
+async def test_an_attribute_only_change_is_pushed(make: Make) -> None:
+    # The same endpoint each time (equal addresses): only its attributes change.
+    attributes: list[dict[str, object]] = [
+        {"weight": 1},
+        {"weight": 5},
+        {"zone": "a"},
+        {"region": "a"},
+    ]
+    h = await make(*(ok(Address("10.0.0.1", 50051, a), ttl=1) for a in attributes))
+    await h.clock.advance(3.5)
+    assert [dict(s.addresses[0].attributes) for s in h.listener.states] == attributes
+
+
+async def test_hints_for_answers_without_ttl_are_rate_limited(make: Make) -> None:
+    h = await make(ok(A1, ttl=None), resolve_now_min_interval=2)
+    await h.clock.advance(0.5)
+    h.resolver.resolve_now()
+    await h.clock.advance(1.375)
+    assert h.lookup.times == [0], "a hint within the interval waits for it"
+    await h.clock.advance(0.125)
+    assert h.lookup.times == [0, 2.0]
+    await h.clock.advance_to(4.0)  # exactly one interval after the last lookup: no wait
+    h.resolver.resolve_now()
+    await settle()
+    assert h.lookup.times == [0, 2.0, 4.0]
+
+
+async def test_the_backstop_leaves_the_lookup_its_own_timeout() -> None:
+    # Real time, as the backstop uses the event loop's clock: a lookup that gives up at exactly
+    # lookup_timeout must report its own error, not be cut short by the backstop.
+    timeout = 0.05
+    reported = asyncio.Event()
+    errors: list[Exception] = []
+
+    async def lookup_with_a_lifetime() -> LookupResult:
+        try:
+            await asyncio.wait_for(asyncio.Event().wait(), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the lifetime of {timeout}s expired") from None
+        raise AssertionError("unreachable")
+
+    class Listener(RecordingListener):
+        def report_error(self, error: Exception) -> None:
+            errors.append(error)
+            reported.set()
+
+    clock = FakeClock()
+    resolver = PollingResolver(
+        TARGET,
+        lookup_with_a_lifetime,
+        Listener(clock),
+        ResolverOptions(lookup_timeout=timeout),
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    try:
+        await asyncio.wait_for(reported.wait(), 10)
+    finally:
+        await asyncio.wait_for(resolver.aclose(), 5)
+    assert str(errors[0]) == f"resolving {TARGET}: TimeoutError: the lifetime of 0.05s expired"
+
+
+async def test_a_lookup_cancelled_from_inside_is_a_failure_to_retry(make: Make) -> None:
+    h = await make(asyncio.CancelledError(), ok(A1), initial_backoff=0.5)
+    error = h.listener.errors[0]
+    assert isinstance(error, ResolutionError)
+    assert (error.target, error.reason) == (TARGET, "lookup was cancelled")
+    assert str(error) == f"resolving {TARGET}: lookup was cancelled"
+    await h.clock.advance(0.5)
+    assert h.lookup.times == [0, 0.5]
+    assert h.listener.states == [ResolverState((A1,))]
+
+
+async def test_a_listener_that_raises_is_logged_with_the_target(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = await make(ok(A1, ttl=1), OSError("down"), ok(A2, ttl=1), initial_backoff=0.5)
+
+    def broken_update(state: ResolverState) -> None:
+        raise RuntimeError("consumer bug")
+
+    def broken_report(error: Exception) -> None:
+        raise RuntimeError("consumer bug")
+
+    h.listener.update_state = broken_update  # type: ignore[method-assign]
+    h.listener.report_error = broken_report  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="resolvers._polling"):
+        await h.clock.advance(1.5)
+    assert h.lookup.times == [0, 1, 1.5]  # neither failure stopped the loop
+    logged = [(r.getMessage(), r.exc_info and r.exc_info[0]) for r in caplog.records]
+    assert logged == [
+        (f"{TARGET}: listener.report_error raised", RuntimeError),
+        (f"{TARGET}: listener.update_state raised", RuntimeError),
+    ]
+
+
+class Fatal(BaseException):
+    """Not an ``Exception``: the loop does not catch it."""
+
+
+async def test_a_loop_stopped_by_a_base_exception_is_logged(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    fatal = Fatal("out of memory")
+    with caplog.at_level("ERROR"):
+        await make(fatal)
+        await settle()
+    records = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in records] == [f"{TARGET}: resolver loop stopped unexpectedly"]
+    assert records[0].exc_info is not None and records[0].exc_info[1] is fatal
+
+
+def test_a_resolver_left_open_at_loop_shutdown_stops_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> PollingResolver:
+        clock = FakeClock()
+        resolver = PollingResolver(
+            TARGET,
+            ScriptedLookup(clock, ok(A1, ttl=None)),
+            RecordingListener(clock),
+            ResolverOptions(),
+            clock=clock,
+            sleep=clock.sleep,
+        )
+        await settle()
+        return resolver  # not closed: asyncio.run cancels its task on the way out
+
+    with caplog.at_level("DEBUG"):
+        asyncio.run(main())
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+async def test_the_resolver_names_its_target(make: Make) -> None:
+    h = await make(ok(A1))
+    assert repr(h.resolver) == f"<PollingResolver {TARGET}>"
+    names = {task.get_name() for task in asyncio.all_tasks()}
+    assert f"resolver {TARGET}" in names  # shows in task dumps and asyncio debug logs
+
+
+def test_resolution_errors_keep_target_and_reason() -> None:
+    error = ResolutionError("dns:///x:1", "SERVFAIL")
+    assert (error.target, error.reason, str(error)) == (
+        "dns:///x:1",
+        "SERVFAIL",
+        "resolving dns:///x:1: SERVFAIL",
+    )
+    with pytest.raises(ValueError, match=r"^failures must be >= 1, got 0$"):
+        backoff_delay(0, ResolverOptions(), 0.0)

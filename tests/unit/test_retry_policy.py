@@ -66,3 +66,39 @@ def test_should_retry() -> None:
     assert not policy.should_retry(unavailable, answered=False, attempt=3)
     assert not policy.should_retry(unavailable, answered=True, attempt=1)
     assert not policy.should_retry(grpc.StatusCode.INTERNAL, answered=False, attempt=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"retryable_codes": frozenset()}, r"^retryable_codes: must name at least one"),
+        ({"retryable_codes": frozenset({grpc.StatusCode.OK})}, r"^retryable_codes: OK is not"),
+        ({"retryable_codes": frozenset({14})}, r"^retryable_codes: 14 is not a grpc\.StatusCode"),
+        ({"max_attempts": 6}, r"^max_attempts: must be in 2\.\.5, got 6$"),
+        ({"initial_backoff": 2.0, "max_backoff": 1.0}, r"^max_backoff: must be >= initial"),
+        ({"backoff_multiplier": 0.5}, r"^backoff_multiplier: must be >= 1, got 0\.5$"),
+    ],
+)
+def test_errors_start_with_the_field_and_say_what_is_allowed(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_any_iterable_of_codes_becomes_a_frozenset_so_policies_hash() -> None:
+    codes = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE]
+    policy = RetryPolicy(retryable_codes=codes)  # type: ignore[arg-type]
+    assert isinstance(policy.retryable_codes, frozenset)
+    assert policy.retryable_codes == {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
+    same = RetryPolicy(retryable_codes={grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE})  # type: ignore[arg-type]
+    assert hash(policy) == hash(same) and policy == same
+
+
+def test_boundary_values_are_accepted() -> None:
+    flat = RetryPolicy(initial_backoff=0.2, max_backoff=0.2, backoff_multiplier=1)
+    assert [flat.backoff_ceiling(n) for n in (1, 2, 5)] == [0.2, 0.2, 0.2]
+    constant = RetryPolicy(initial_backoff=0.1, max_backoff=1.0, backoff_multiplier=1.0)
+    assert constant.backoff_ceiling(4) == pytest.approx(0.1)  # multiplier 1: no growth
+    one = RetryPolicy(initial_backoff=1, max_backoff=5)
+    assert [one.backoff_ceiling(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 5]
