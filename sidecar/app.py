@@ -78,6 +78,8 @@ _GC_GEN0_THRESHOLD = 20_000
 _FILES_POLL_INTERVAL = 5.0
 #: Seconds without an event-loop heartbeat after which ``/live`` fails.
 _STUCK_LOOP = 10.0
+#: Bound on reading and validating a changed config file.
+_RELOAD_TIMEOUT = 5.0
 _HEARTBEAT = 1.0
 
 
@@ -383,7 +385,20 @@ class Sidecar:
             if self._watcher is not None:
                 self._watcher.seen()
             try:
-                new = load_config(self.config_path)
+                # Off the event loop and bounded in time: the loader's limits already make a
+                # hostile file cheap, and this keeps even a slow disk from stalling the loop
+                # that serves /live and the Python plane's calls.
+                new = await asyncio.wait_for(
+                    asyncio.to_thread(load_config, self.config_path), _RELOAD_TIMEOUT
+                )
+            except asyncio.TimeoutError:
+                _LOG.error(
+                    "config reload: reading %s took over %s s; keeping the running config",
+                    self.config_path,
+                    _RELOAD_TIMEOUT,
+                )
+                self._reloads.labels("failed").inc()
+                return False
             except ConfigError as exc:
                 for error in exc.errors:
                     _LOG.error("config reload rejected: %s", error)

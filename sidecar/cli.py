@@ -14,6 +14,7 @@ import yaml
 from sidecar.config import (
     CONFIG_PATH_VARIABLE,
     ConfigError,
+    FieldError,
     SidecarConfig,
     load_config,
     resolve_config_path,
@@ -130,8 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     for warning in config.warnings():
         print(f"config warning: {warning}", file=sys.stderr)
+    envoy_problems = _envoy_problems(config)
+    if config.data_plane == "envoy" and envoy_problems:
+        for problem in envoy_problems:
+            print(f"config error: {problem} (data_plane: envoy)", file=sys.stderr)
+        return EXIT_CONFIG
     if args.command == "validate":
         _print_summary(config, path, sys.stdout)
+        _print_plane(config, envoy_problems, sys.stdout)
         if args.print_config:
             yaml.safe_dump(config.to_dict(redact=True), sys.stdout, sort_keys=False)
         return EXIT_OK
@@ -150,6 +157,31 @@ def _run(config: SidecarConfig, path: str) -> int:
         return app.run(config, config_path=path)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _envoy_problems(config: SidecarConfig) -> list[FieldError]:
+    """Settings the Envoy plane cannot express (none when the Python plane is pinned)."""
+    if config.data_plane == "python":
+        return []
+    from sidecar.envoy.translate import unsupported
+
+    return unsupported(config)
+
+
+def _print_plane(config: SidecarConfig, problems: list[FieldError], out: TextIO) -> None:
+    """Which data plane ``run`` would pick on this machine, and why."""
+    from sidecar.dataplane import StartError, choose
+
+    try:
+        choice = choose(config)
+    except StartError as exc:
+        print(f"  data plane: cannot run here: {exc}", file=out)
+        return
+    print(f"  data plane {choice.name}: {choice.reason}", file=out)
+    if choice.name == "envoy" or config.data_plane is not None:
+        return  # on Envoy nothing is left out; a pinned python plane does not care
+    for problem in problems:  # the fallback's reason, one line each
+        print(f"  not expressible on the Envoy plane: {problem}", file=out)
 
 
 def _print_summary(config: SidecarConfig, path: str, out: TextIO) -> None:

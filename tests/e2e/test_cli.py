@@ -235,3 +235,34 @@ def test_nul_target_fails_validate(tmp_path: Path) -> None:
     assert_config_error(
         run("validate", "-c", str(path)), "clusters.backend.target: must not contain control"
     )
+
+
+# -- data plane --------------------------------------------------------------------------------
+
+PICK_FIRST = GOOD.replace("backend: {", "backend: {lb_policy: pick_first, ")
+
+
+def test_validate_says_which_data_plane_runs(good: Path) -> None:
+    pinned = run("validate", "--config", str(good), env={"MESHKIT_DATA_PLANE": "python"})
+    assert "  data plane python: data_plane: python in the config" in pinned.stdout
+    auto = run("validate", "--config", str(good))
+    assert auto.returncode == 0, auto.stderr
+    from sidecar.envoy.binary import find_envoy
+
+    expected = "envoy" if find_envoy(None).binary is not None else "python"
+    assert f"  data plane {expected}: " in auto.stdout
+
+
+def test_a_setting_envoy_cannot_express(tmp_path: Path) -> None:
+    path = tmp_path / "pick_first.yaml"
+    path.write_text(PICK_FIRST)
+    assert "pick_first" in PICK_FIRST
+    # pinned to Envoy: a config error naming the field, for validate and run alike
+    for command in ("validate", "run"):
+        result = run(command, "--config", str(path), env={"MESHKIT_DATA_PLANE": "envoy"})
+        assert_config_error(result, "clusters.backend.lb_policy", "(data_plane: envoy)")
+    # unpinned: valid, and the fallback says why
+    auto = run("validate", "--config", str(path))
+    assert auto.returncode == 0, auto.stderr
+    assert "  data plane python: " in auto.stdout
+    assert "  not expressible on the Envoy plane: clusters.backend.lb_policy" in auto.stdout

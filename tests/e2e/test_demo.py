@@ -61,10 +61,14 @@ def test_native_grpcio_contrast_is_reported(demo: subprocess.CompletedProcess[st
     )
 
 
-def test_sidecar_part_runs_or_says_skipped(demo: subprocess.CompletedProcess[str]) -> None:
+def test_sidecar_part_runs_on_the_plane_it_names(demo: subprocess.CompletedProcess[str]) -> None:
+    from sidecar.envoy.binary import find_envoy
+
+    plane = "envoy" if find_envoy(None).binary is not None else "python"
+    assert f"  data plane: {plane} (" in demo.stdout, demo.stdout
     summary = demo.stdout.split("\nSummary\n")[1]
     line = next(s for s in summary.splitlines() if s.strip().startswith("sidecar run"))
-    assert "even spread" in line or "skipped (no sidecar.app" in line, demo.stdout
+    assert f"sidecar run ({plane})" in line and "even spread" in line, demo.stdout
 
 
 def test_listed_in_help() -> None:
