@@ -49,7 +49,8 @@ class PlaneInputs:
     - ``health_address``: meshkit's own ``grpc.health.v1`` server that answers the inbound
       listener's health calls (``None``: they go to the app like any call);
     - ``files``: contents of the TLS files by the paths the config names;
-    - ``tokens``: the inbound tokens (they only ever appear in the auth filter's config).
+    - ``tokens``: the inbound tokens (they only ever appear in the inbound route
+      configuration's header patterns).
     """
 
     endpoints: Mapping[str, Sequence[Endpoint]] = field(

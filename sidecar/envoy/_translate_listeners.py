@@ -17,22 +17,31 @@ it DEADLINE_EXCEEDED). A caller's own deadline is the caller's to report.
 Failures Envoy answers itself carry the gRPC status of the Python plane: no route ->
 UNIMPLEMENTED (with the path in the details), a missing or unknown token -> UNAUTHENTICATED.
 
-Inbound auth is Envoy's ``api_key_auth`` filter on ``auth.header``: the key is the header's
-value less a leading ``"Bearer "`` (Envoy drops that prefix, case-sensitively, from any
-header) and is looked up in a hash table (not a constant-time comparison). So for the Bearer
-scheme the keys are the tokens, plus ``"bearer <token>"`` for the lowercase spelling (the
-Python plane takes the scheme in any case; other spellings are refused here), and a bare
-token without the scheme passes too; for another scheme the keys are ``"<scheme> <token>"``
-(the scheme as configured, case-sensitive); with no scheme, the tokens. No token at all
-refuses every call (the Python plane fails closed too). Health calls skip the filter (probes
-carry no token). Envoy 1.40 marks this filter's API work-in-progress (it logs a warning).
+Inbound auth is route matching, exactly the Python plane's check (``sidecar.auth`` and
+``sidecar.inbound.authenticator``): the value of ``auth.header``, stripped, must be the scheme
+word in any ASCII case, one space, then a listed token (whitespace around it ignored); with
+scheme ``""`` the stripped value is the token. After the health route, one route per token
+forwards a call whose header matches that token's RE2 pattern (the token as a literal, every
+ASCII non-word character escaped); then a call of the right shape with another token gets a
+local 401 with ``INVALID_TOKEN``, anything else (no header, bare token, other scheme, no
+token) a local 401 with the missing-token details. Envoy answers a gRPC call's local 401 with
+UNAUTHENTICATED and the body as the details. No token at all leaves no forwarding route (the
+Python plane fails closed too). The tokens live in the route configuration, so a rotation
+replaces routes without draining the listener's connections. Envoy's ``api_key_auth`` filter
+cannot do this: it drops only an exact ``"Bearer "`` prefix and looks the rest up as is.
+Differences left: Envoy joins repeated header values with commas (the Python plane reads the
+first), and matching is not constant-time (a regex over the header, not digests). Each token
+is one regex: Envoy's default RE2 program-size limit (100: Bearer tokens up to 83 bytes) is
+raised by ``RUNTIME``, which the bootstrap must carry.
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
+from sidecar.auth import INVALID_TOKEN, MISSING_TOKEN
 from sidecar.config import (
     AuthConfig,
     InboundConfig,
@@ -71,7 +80,9 @@ CERT_SECRET = "inbound|cert"
 CLIENT_CA_SECRET = "inbound|client_ca"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
-_AUTH_FILTER = "envoy.filters.http.api_key_auth"
+#: Envoy runtime values the resources need: RE2's program-size limit (default 100) raised,
+#: since each token route's regex spells its token out.
+RUNTIME: Mapping[str, int] = types.MappingProxyType({"re2.max_program_size.error_level": 1 << 20})
 _OTLP_DEFAULT_PORT = 443
 _OTLP_TIMEOUT = 5.0
 
@@ -135,7 +146,17 @@ def _local_replies() -> Json:
                 "body_format_override": {
                     "text_format_source": {"inline_string": "proxy: no route for %REQ(:PATH)%"}
                 },
-            }
+            },
+            {
+                # no healthy endpoint, connection failure, retries exhausted on resets,
+                # overflow: say which cluster, as the Python plane's UNAVAILABLE does
+                "filter": {"response_flag_filter": {"flags": ["UH", "UF", "URX", "UO"]}},
+                "body_format_override": {
+                    "text_format_source": {
+                        "inline_string": "%LOCAL_REPLY_BODY% (cluster %UPSTREAM_CLUSTER%)"
+                    }
+                },
+            },
         ]
     }
 
@@ -144,7 +165,6 @@ def _hcm(
     name: str,
     keepalive: ServerKeepaliveConfig,
     max_concurrent_streams: int,
-    filters: Sequence[Json],
     tracing: TracingConfig,
     *,
     remote_address: bool,
@@ -163,7 +183,6 @@ def _hcm(
         },
         stream_idle_timeout="0s",
         http_filters=[
-            *filters,
             {
                 "name": "envoy.filters.http.grpc_stats",
                 "typed_config": typed(
@@ -218,7 +237,6 @@ def outbound_listener(config: OutboundConfig, tracing: TracingConfig) -> Json:
         OUTBOUND,
         config.keepalive,
         config.max_concurrent_streams,
-        (),
         tracing,
         remote_address=False,
     )
@@ -261,31 +279,86 @@ def outbound_routes(config: SidecarConfig, outbound: OutboundConfig) -> Json:
     }
 
 
-def _auth_keys(auth: AuthConfig, tokens: Sequence[str]) -> list[str]:
-    scheme = auth.scheme
-    keys: set[str] = set()
-    for token in tokens:
-        if scheme.lower() == "bearer":
-            keys.update((token, f"bearer {token}"))
-        elif scheme:
-            keys.add(f"{scheme} {token}")
+# What Python's str.strip() removes, in ASCII (gRPC metadata values are printable ASCII).
+_SPACE = r"[\t\n\v\f\r\x1c-\x1f ]"
+_NOT_SPACE = r"[^\t\n\v\f\r\x1c-\x1f ]"
+
+
+def _literal(text: str) -> str:
+    """An RE2 pattern (also a Python ``re`` one) matching exactly ``text``: ASCII non-word
+    characters escaped, control characters as ``\\xHH``."""
+    out = []
+    for char in text:
+        if not char.isascii() or char.isalnum() or char == "_":
+            out.append(char)
+        elif char.isprintable():
+            out.append("\\" + char)
         else:
-            keys.add(token)
-    return sorted(keys)
+            out.append(f"\\x{ord(char):02x}")
+    return "".join(out)
 
 
-def _auth_filter(auth: AuthConfig, tokens: Sequence[str]) -> Json:
-    credentials = [
-        {"key": key, "client": f"token-{i}"} for i, key in enumerate(_auth_keys(auth, tokens))
-    ]
+def _any_case(word: str) -> str:
+    return "".join(
+        f"[{c.upper()}{c.lower()}]" if c.isascii() and c.isalpha() else _literal(c) for c in word
+    )
+
+
+def _token_prefix(scheme: str) -> str:
+    # leading whitespace, the scheme word, one space, whitespace before the token
+    return f"{_SPACE}*{_any_case(scheme)} {_SPACE}*" if scheme else f"{_SPACE}*"
+
+
+def token_pattern(auth: AuthConfig, token: str) -> str:
+    """The RE2 pattern a whole ``auth.header`` value matches when it presents ``token``."""
+    return f"{_token_prefix(auth.scheme)}{_literal(token)}{_SPACE}*"
+
+
+def shaped_pattern(auth: AuthConfig) -> str:
+    """The RE2 pattern of a value with the right scheme and some token (any token)."""
+    return f"{_token_prefix(auth.scheme)}{_NOT_SPACE}(?s:.*)"
+
+
+def missing_details(auth: AuthConfig) -> str:
+    """The details of a refused call without a well-formed credential (the Python plane's)."""
+    if auth.header == "authorization" and auth.scheme.lower() == "bearer":
+        return MISSING_TOKEN
+    return f"missing token: expected metadata '{auth.header}'" + (
+        f" with '{auth.scheme} <token>'" if auth.scheme else ""
+    )
+
+
+def _header_match(header: str, pattern: str) -> Json:
     return {
-        "name": _AUTH_FILTER,
-        "typed_config": typed(
-            "envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
-            credentials=credentials,
-            key_sources=[{"header": auth.header}],
-        ),
+        "prefix": "/",
+        "headers": [{"name": header, "string_match": {"safe_regex": {"regex": pattern}}}],
     }
+
+
+def _app_route(match: Json) -> Json:
+    return {"name": "app", "match": match, "route": _route_action(APP_CLUSTER, None)}
+
+
+def _unauthenticated(name: str, match: Json, details: str) -> Json:
+    return {
+        "name": name,
+        "match": match,
+        "direct_response": {"status": 401, "body": {"inline_string": details}},
+    }
+
+
+def _auth_routes(auth: AuthConfig, tokens: Sequence[str]) -> list[Json]:
+    routes = [
+        _app_route(_header_match(auth.header, token_pattern(auth, token)))
+        for token in sorted(set(tokens))
+    ]
+    routes.append(
+        _unauthenticated(
+            "invalid_token", _header_match(auth.header, shaped_pattern(auth)), INVALID_TOKEN
+        )
+    )
+    routes.append(_unauthenticated("missing_token", {"prefix": "/"}, missing_details(auth)))
+    return routes
 
 
 def _downstream_tls(tls: InboundTlsConfig) -> Json:
@@ -305,14 +378,12 @@ def _downstream_tls(tls: InboundTlsConfig) -> Json:
     }
 
 
-def inbound_listener(config: InboundConfig, tracing: TracingConfig, tokens: Sequence[str]) -> Json:
+def inbound_listener(config: InboundConfig, tracing: TracingConfig) -> Json:
     """The listener remote peers call."""
-    filters = [] if config.auth is None else [_auth_filter(config.auth, tokens)]
     hcm = _hcm(
         INBOUND,
         config.keepalive,
         config.max_concurrent_streams,
-        filters,
         tracing,
         remote_address=True,
     )
@@ -320,27 +391,22 @@ def inbound_listener(config: InboundConfig, tracing: TracingConfig, tokens: Sequ
     return _listener(INBOUND, config.listen, hcm, tls)
 
 
-def inbound_routes(config: InboundConfig, health: bool) -> Json:
-    """Every call to the app; health calls to meshkit's health server (when ``health``),
-    never subject to auth."""
+def inbound_routes(config: InboundConfig, health: bool, tokens: Sequence[str]) -> Json:
+    """Health calls to meshkit's health server (when ``health``, else to the app), never
+    subject to auth; every other call to the app, when ``config.auth`` accepts it."""
     health_route: Json = {
         "name": "health",
         "match": {"prefix": HEALTH_PREFIX},
         "route": _route_action(HEALTH_CLUSTER if health else APP_CLUSTER, None),
     }
-    if config.auth is not None:
-        health_route["typed_per_filter_config"] = {
-            _AUTH_FILTER: typed("envoy.config.route.v3.FilterConfig", disabled=True)
-        }
-    app_route: Json = {
-        "name": "app",
-        "match": {"prefix": "/"},
-        "route": _route_action(APP_CLUSTER, None),
-    }
+    if config.auth is None:
+        rest = [_app_route({"prefix": "/"})]
+    else:
+        rest = _auth_routes(config.auth, tokens)
     return {
         "@type": ROUTE_CONFIGURATION,
         "name": INBOUND,
-        "virtual_hosts": [{"name": INBOUND, "domains": ["*"], "routes": [health_route, app_route]}],
+        "virtual_hosts": [{"name": INBOUND, "domains": ["*"], "routes": [health_route, *rest]}],
     }
 
 

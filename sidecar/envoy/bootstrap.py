@@ -176,8 +176,12 @@ def bootstrap(
     xds_retry_base: float = 0.1,
     xds_retry_max: float = 1.0,
     node_metadata: Mapping[str, str] | None = None,
+    runtime: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The bootstrap of an Envoy driven over ADS by the sidecar's xDS server.
+
+    ``runtime``: values of a static runtime layer the served resources need (e.g.
+    :data:`sidecar.envoy.translate.RUNTIME`: the regex size limit of token routes).
 
     ``xds_address`` and ``admin_address``: ``ip:port`` / ``[ipv6]:port``, or a unix socket
     (``unix:/path`` or ``/path``). The admin must be on loopback (port ``0``: any free port,
@@ -197,6 +201,9 @@ def bootstrap(
     if node_metadata:
         node["metadata"] = dict(node_metadata)
     ads = {"ads": {}, "resource_api_version": "V3"}
+    extra: dict[str, Any] = {}
+    if runtime:
+        extra["layered_runtime"] = {"layers": [{"name": "meshkit", "static_layer": dict(runtime)}]}
     return {
         "node": node,
         "admin": {"address": _address(admin_address, loopback_only=True, mode=0o600)},
@@ -228,4 +235,5 @@ def bootstrap(
         "stats_config": stats_config(),
         "stats_flush_interval": STATS_FLUSH_INTERVAL,
         "overload_manager": _overload_manager(max_downstream_connections),
+        **extra,
     }

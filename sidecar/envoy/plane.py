@@ -32,7 +32,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -47,7 +47,13 @@ from sidecar.envoy.bootstrap import bootstrap
 from sidecar.envoy.endpoints import EndpointWatcher
 from sidecar.envoy.metrics import EnvoyCollector, read_clusters_view
 from sidecar.envoy.process import EnvoyProcess, EnvoyStartError
-from sidecar.envoy.translate import PlaneInputs, Resources, cluster_name, translate
+from sidecar.envoy.translate import (
+    RUNTIME,
+    PlaneInputs,
+    Resources,
+    cluster_name,
+    translate,
+)
 from sidecar.envoy.xds import Resource, Snapshot, XdsServer
 from telemetry.clusters import ClusterCollector
 
@@ -141,6 +147,17 @@ class _Serializer:
         return Snapshot(by_type)
 
 
+def _map_strings(value: Any, change: Callable[[str], str]) -> Any:
+    """``value`` (JSON-like) with ``change`` applied to every string in it."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, Mapping):
+        return {k: _map_strings(v, change) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_map_strings(v, change) for v in value]
+    return value
+
+
 def sorted_items(value: Any) -> Any:
     """A canonical, hashable view of a JSON-like value (dict order ignored)."""
     if isinstance(value, Mapping):
@@ -226,7 +243,7 @@ class EnvoyDataPlane(DataPlane):
 
     def status_view(self) -> dict[str, Any]:
         """The xDS versions ACKed and the last NACK per type; Envoy's restarts."""
-        status: dict[str, Any] = {"xds": self._xds.status()}
+        status: dict[str, Any] = {"xds": _map_strings(self._xds.status(), self._redacted)}
         if self._envoy is not None:
             status["envoy"] = {
                 "binary": self.binary,
@@ -259,6 +276,7 @@ class EnvoyDataPlane(DataPlane):
                 node_id=f"sidecar~{os.getpid()}",
                 node_cluster=NODE_CLUSTER,
                 xds_address=xds_address,
+                runtime=RUNTIME,
             ),
             directory=self._dir,
             concurrency=config.workers,
@@ -334,8 +352,14 @@ class EnvoyDataPlane(DataPlane):
             except Exception:
                 _LOG.exception("endpoint update could not be translated")
 
+    def _redacted(self, text: str) -> str:
+        """``text`` without the inbound tokens (Envoy quotes rejected routes whole)."""
+        for token in self._tokens:
+            text = text.replace(token, "<redacted>")
+        return text
+
     def _on_nack(self, nack: Any) -> None:
-        _LOG.error("envoy rejected %s", nack)
+        _LOG.error("envoy rejected %s", self._redacted(str(nack)))
 
     async def apply(self, config: SidecarConfig) -> str:
         """A new snapshot for ``config`` (Envoy is not restarted)."""

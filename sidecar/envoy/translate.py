@@ -21,7 +21,9 @@ telemetry). :func:`unsupported` names the settings Envoy cannot express. Meaning
 Envoy, and ignored: route ``kind`` hints, cluster ``resolver`` timings, ``app_health``,
 ``drain``, ``admin``, ``workers`` (meshkit's own business).
 
-The dicts hold private keys and tokens (inline secrets, auth filter): never log them.
+The dicts hold private keys and tokens (inline secrets, the inbound routes' header
+patterns): never log them. :data:`RUNTIME` holds the Envoy runtime values the resources
+need; a bootstrap serving them sets it as a static layer (``static_bootstrap`` does).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ __all__ = [
     "CLUSTER_LOAD_ASSIGNMENT",
     "LISTENER",
     "ROUTE_CONFIGURATION",
+    "RUNTIME",
     "SECRET",
     "SYSTEM_CA_BUNDLE",
     "Endpoint",
@@ -66,6 +69,9 @@ __all__ = [
 ]
 
 _DEFAULT_MIN_PING = ServerKeepaliveConfig().min_ping_interval
+
+#: Envoy runtime values the resources need (``layered_runtime`` static layer of a bootstrap).
+RUNTIME = _listeners.RUNTIME
 
 #: Envoy's name of the meshkit cluster ``name`` (``outbound|<name>``).
 cluster_name = _clusters.cluster_name
@@ -98,9 +104,9 @@ def translate(config: SidecarConfig, inputs: PlaneInputs) -> Resources:
 
     inbound = config.inbound
     if inbound is not None:
-        listeners[_listeners.INBOUND] = _listeners.inbound_listener(inbound, tracing, inputs.tokens)
+        listeners[_listeners.INBOUND] = _listeners.inbound_listener(inbound, tracing)
         routes[_listeners.INBOUND] = _listeners.inbound_routes(
-            inbound, inputs.health_address is not None
+            inbound, inputs.health_address is not None, inputs.tokens
         )
         clusters[_listeners.APP_CLUSTER] = _listeners.app_cluster(inbound)
         if inputs.health_address is not None:
@@ -124,9 +130,9 @@ def unsupported(config: SidecarConfig) -> list[FieldError]:
     """The settings of ``config`` Envoy cannot express, each naming its field path.
 
     Smaller differences that keep what a setting is for are not listed (the translation
-    modules' docs say more): Envoy pings idle upstream connections, takes a bare token for
-    the Bearer scheme and a scheme only as configured (or ``bearer``), and resets a stream
-    whose response had started when its default deadline passes.
+    modules' docs say more): Envoy pings idle upstream connections, joins a repeated auth
+    header's values (the Python plane reads the first), and resets a stream whose response
+    had started when its default deadline passes.
     """
     return list(_problems(config))
 
@@ -149,7 +155,8 @@ def _problems(config: SidecarConfig) -> Iterator[FieldError]:
 def static_bootstrap(resources: Resources, *, admin_port: int = 0) -> dict[str, Any]:
     """One static Envoy bootstrap holding ``resources`` inline (no xDS): routes inside their
     listeners, EDS clusters as STATIC with their endpoints, secrets in
-    ``static_resources.secrets``. The admin listener is on ``127.0.0.1:admin_port``.
+    ``static_resources.secrets``, :data:`RUNTIME` as a static runtime layer. The admin
+    listener is on ``127.0.0.1:admin_port``.
 
     For ``envoy --mode validate`` and as a readable dump; it holds keys and tokens.
     """
@@ -179,6 +186,7 @@ def static_bootstrap(resources: Resources, *, admin_port: int = 0) -> dict[str, 
         "node": {"id": "meshkit-static", "cluster": "meshkit-static"},
         "admin": {"address": socket_address("127.0.0.1", admin_port)},
         "static_resources": _without_sds_sources(static),
+        "layered_runtime": {"layers": [{"name": "meshkit", "static_layer": dict(RUNTIME)}]},
     }
 
 

@@ -11,7 +11,7 @@ with :meth:`XdsServer.set_snapshot`; the server does the protocol on
   resources do, so publishing an identical snapshot sends nothing. Each response has a new
   nonce; a request whose ``response_nonce`` is not the latest one is stale and ignored.
 - ACK (nonce matches, no ``error_detail``) records the acked version; NACK records Envoy's
-  message, logs it, calls ``on_nack``, and the rejected version is not sent again: the next
+  message, calls ``on_nack`` (or logs it when there is none), and the rejected version is not sent again: the next
   response waits for a new version (or a new subscription).
 - One response in flight per stream and type: the next one waits for the ACK/NACK.
 - Listeners and clusters (full-state types) are sent whole to a wildcard subscription, or
@@ -339,15 +339,16 @@ class XdsServer:
                 time=time.time(),
             )
             status.nack = nack
-            _LOG.warning(
-                "xDS NACK from node %r (group %r) for %s version %s: %s",
-                stream.node_id,
-                stream.group,
-                url,
-                nack.version,
-                nack.message,
-            )
-            if self._on_nack is not None:
+            if self._on_nack is None:  # an owner with a callback logs it (it may redact)
+                _LOG.warning(
+                    "xDS NACK from node %r (group %r) for %s version %s: %s",
+                    stream.node_id,
+                    stream.group,
+                    url,
+                    nack.version,
+                    nack.message,
+                )
+            else:
                 try:
                     self._on_nack(nack)
                 except Exception:

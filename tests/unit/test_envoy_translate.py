@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from sidecar.auth import INVALID_TOKEN, MISSING_TOKEN, Metadata
 from sidecar.config import SidecarConfig, parse_config
 from sidecar.envoy._translate_common import duration
 from sidecar.envoy.translate import (
@@ -16,6 +21,7 @@ from sidecar.envoy.translate import (
     CLUSTER_LOAD_ASSIGNMENT,
     LISTENER,
     ROUTE_CONFIGURATION,
+    RUNTIME,
     SECRET,
     SYSTEM_CA_BUNDLE,
     Endpoint,
@@ -25,6 +31,7 @@ from sidecar.envoy.translate import (
     translate,
     unsupported,
 )
+from sidecar.inbound import authenticator
 
 ECHO = "static:///127.0.0.1:50051"
 FILES = {
@@ -545,17 +552,24 @@ def test_a_missing_file_names_the_field() -> None:
 
 def test_inbound_routes_health_to_meshkit_without_auth_and_the_rest_to_the_app() -> None:
     resources = rich()
-    health, app = routes_of(resources, "inbound")
-    assert health["match"] == {"prefix": "/grpc.health.v1.Health/"}
+    health, *apps, invalid, missing = routes_of(resources, "inbound")
+    assert health["match"] == {"prefix": "/grpc.health.v1.Health/"}  # no header needed
     assert health["route"]["cluster"] == "meshkit|health"
-    assert health["typed_per_filter_config"] == {
-        "envoy.filters.http.api_key_auth": {
-            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-            "disabled": True,
-        }
-    }
-    assert app["match"] == {"prefix": "/"} and app["route"]["cluster"] == "inbound|app"
-    assert "typed_per_filter_config" not in app
+    assert [a["name"] for a in apps] == ["app"] * len(TOKENS)
+    assert {a["route"]["cluster"] for a in apps} == {"inbound|app"}
+    assert [a["match"]["headers"][0]["name"] for a in apps] == ["authorization"] * len(TOKENS)
+    assert (invalid["name"], missing["name"]) == ("invalid_token", "missing_token")
+    assert missing["match"] == {"prefix": "/"}
+    assert (invalid["direct_response"]["status"], missing["direct_response"]["status"]) == (
+        401,
+        401,
+    )
+    assert hcm(resources, "inbound")["http_filters"][0]["name"] == "envoy.filters.http.grpc_stats"
+    open_routes = routes_of(run(inbound(), health_address=("127.0.0.1", 15020)), "inbound")
+    assert [(r["name"], r["match"], r["route"]["cluster"]) for r in open_routes] == [
+        ("health", {"prefix": "/grpc.health.v1.Health/"}, "meshkit|health"),
+        ("app", {"prefix": "/"}, "inbound|app"),
+    ]
     assert resources.clusters["meshkit|health"]["load_assignment"]["endpoints"][0]["lb_endpoints"][
         0
     ]["endpoint"]["address"] == {"socket_address": {"address": "127.0.0.1", "port_value": 15020}}
@@ -612,46 +626,124 @@ def test_ipv6_wildcard_listens_on_ipv4_too() -> None:
     }
 
 
-def auth_filter(resources: Resources) -> dict[str, Any]:
-    filters = hcm(resources, "inbound")["http_filters"]
-    names = [f["name"] for f in filters]
-    assert names == [
-        "envoy.filters.http.api_key_auth",
-        "envoy.filters.http.grpc_stats",
-        "envoy.filters.http.router",
-    ]
-    config: dict[str, Any] = filters[0]["typed_config"]
-    return config
+def auth_routes(resources: Resources) -> dict[str, list[dict[str, Any]]]:
+    """The inbound routes after the health route, by name."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for route in routes_of(resources, "inbound")[1:]:
+        found.setdefault(route["name"], []).append(route)
+    return found
 
 
-@pytest.mark.parametrize(
-    ("auth", "keys"),
-    [
-        ({}, ["bearer s3cret-one", "bearer s3cret-two", "s3cret-one", "s3cret-two"]),
-        ({"header": "X-Token", "scheme": "Token"}, ["Token s3cret-one", "Token s3cret-two"]),
-        ({"header": "x-api-key", "scheme": ""}, ["s3cret-one", "s3cret-two"]),
-    ],
-)
-def test_auth_filter_keys_follow_header_and_scheme(auth: dict[str, str], keys: list[str]) -> None:
-    config = auth_filter(run(inbound(auth={"tokens_file": "/t", **auth})))
-    assert config["@type"].endswith("api_key_auth.v3.ApiKeyAuth")
-    assert config["key_sources"] == [{"header": auth.get("header", "authorization").lower()}]
-    assert [c["key"] for c in config["credentials"]] == keys
-    assert len({c["client"] for c in config["credentials"]}) == len(keys)
+def decide(routes: list[dict[str, Any]], header: str, metadata: Metadata) -> str | None:
+    """What Envoy does with a (non-health) call: the first route whose header patterns all
+    match the header's value (repeated values joined by commas, as Envoy does); ``None`` when
+    it is forwarded, else the details of its local reply."""
+    values = [v for k, v in metadata if k == header and isinstance(v, str)]
+    value = ",".join(values) if values else None
+    for route in routes[1:]:
+        patterns = [
+            h["string_match"]["safe_regex"]["regex"] for h in route["match"].get("headers", ())
+        ]
+        if all(value is not None and re.fullmatch(p, value) for p in patterns):
+            if "route" in route:
+                return None
+            details: str = route["direct_response"]["body"]["inline_string"]
+            return details
+    raise AssertionError("no route")
 
 
-def test_tokens_appear_only_in_the_auth_filter() -> None:
+# Tokens with regex metacharacters, spaces inside, a scheme word inside.
+ODD_TOKENS = ("s3cret-one", r"a.b*c(d)|e\E[f]+?{2}$^", "two words", "Bearer x", "\\Q")
+AUTH_CASES = [
+    {},
+    {"scheme": "BEARER"},
+    {"header": "X-Token", "scheme": "Token"},
+    {"header": "x-api-key", "scheme": ""},
+    {"scheme": "Api-Key.v2"},
+]
+
+
+def spellings(scheme: str) -> st.SearchStrategy[str]:
+    """Header values near the accepted ones: whitespace around and inside, the scheme in
+    any case or cut short, tokens whole, cut, or joined."""
+    space = st.text(alphabet=" \t\x0b\x0c\x1c", max_size=3)
+    word = st.sampled_from([scheme, scheme.lower(), scheme.upper(), scheme[:-1], "Basic", ""])
+    token = st.one_of(
+        st.sampled_from(ODD_TOKENS),
+        st.sampled_from(ODD_TOKENS).map(lambda t: t[1:]),
+        st.sampled_from(ODD_TOKENS).map(lambda t: t + "x"),
+        st.text(alphabet="ab.*()| \\Ex", max_size=8),
+    )
+    separator = st.sampled_from([" ", "  ", "", "\t", ","])
+    built = st.tuples(space, word, separator, space, token, space).map("".join)
+    return st.one_of(built, st.text(alphabet=" abBeErR.*\\x", max_size=12))
+
+
+@pytest.mark.parametrize("auth", AUTH_CASES)
+def test_auth_routes_decide_as_the_python_plane(tmp_path: Path, auth: dict[str, str]) -> None:
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text("\n".join(ODD_TOKENS) + "\n")
+    config = inbound(auth={"tokens_file": str(tokens_file), **auth})
+    assert config.inbound is not None and config.inbound.auth is not None
+    header, scheme = config.inbound.auth.header, config.inbound.auth.scheme
+    python_plane = authenticator(config.inbound.auth)
+    routes = routes_of(run(config, tokens=ODD_TOKENS), "inbound")
+
+    for token in ODD_TOKENS:  # every token is accepted in its plain spelling
+        assert decide(routes, header, ((header, f"{scheme} {token}".strip()),)) is None
+    assert decide(routes, header, ()) == python_plane(())
+
+    @settings(max_examples=300, deadline=None)
+    @given(value=spellings(scheme), other=st.booleans())
+    def same(value: str, other: bool) -> None:
+        metadata = (("x-other", "1"), (header, value)) if other else ((header, value),)
+        assert decide(routes, header, metadata) == python_plane(metadata)
+
+    same()
+
+
+def test_tokens_appear_only_in_the_token_routes() -> None:
     resources = rich()
-    auth_filter(resources)["credentials"] = []
+    for route in auth_routes(resources)["app"]:
+        (pattern,) = [h["string_match"]["safe_regex"]["regex"] for h in route["match"]["headers"]]
+        assert any(re.fullmatch(pattern, f"Bearer {t}") for t in TOKENS)
+    routes = resources.routes["inbound"]["virtual_hosts"][0]["routes"]
+    routes[:] = [r for r in routes if r["name"] != "app"]
     text = dump(resources)
-    assert all(token not in text for token in TOKENS)
+    assert all(token not in text and re.escape(token) not in text for token in TOKENS)
+    assert "s3cret" not in text
     shown = repr(resources) + repr(PlaneInputs(files=FILES, tokens=TOKENS))
     assert all(secret not in shown for secret in (*TOKENS, "SERVER KEY", "/certs/server.key"))
 
 
-def test_no_tokens_means_no_credentials_so_every_call_is_refused() -> None:
-    config = auth_filter(run(inbound(auth={"tokens_file": "/t"}), tokens=()))
-    assert config["credentials"] == []
+def test_rotating_tokens_changes_only_the_inbound_routes() -> None:
+    config = config_of(RICH)
+    before, after = run(config), run(config, tokens=("s3cret-three",))
+    assert before.listeners == after.listeners and before.clusters == after.clusters
+    assert before.routes["outbound"] == after.routes["outbound"]
+    assert len(auth_routes(after)["app"]) == 1
+    # order and repeats in the file do not matter
+    assert run(config, tokens=TOKENS[::-1] + TOKENS).routes == before.routes
+
+
+@pytest.mark.parametrize(
+    ("auth", "missing"),
+    [
+        ({}, MISSING_TOKEN),
+        ({"scheme": "bearer"}, MISSING_TOKEN),
+        (
+            {"header": "X-Token", "scheme": "Token"},
+            "missing token: expected metadata 'x-token' with 'Token <token>'",
+        ),
+        ({"header": "x-api-key", "scheme": ""}, "missing token: expected metadata 'x-api-key'"),
+    ],
+)
+def test_no_tokens_means_every_call_is_refused(auth: dict[str, str], missing: str) -> None:
+    routes = auth_routes(run(inbound(auth={"tokens_file": "/t", **auth}), tokens=()))
+    assert list(routes) == ["invalid_token", "missing_token"]
+    (invalid,), (refused,) = routes["invalid_token"], routes["missing_token"]
+    assert invalid["direct_response"] == {"status": 401, "body": {"inline_string": INVALID_TOKEN}}
+    assert refused["direct_response"] == {"status": 401, "body": {"inline_string": missing}}
 
 
 # --------------------------------------------------------------------------- telemetry
@@ -770,6 +862,9 @@ def test_static_bootstrap_inlines_everything() -> None:
     assert echo["type"] == "STATIC"
     assert echo["load_assignment"]["cluster_name"] == "outbound|echo"
     assert [s["name"] for s in static["secrets"]] == list(resources.secrets)
+    assert boot["layered_runtime"] == {
+        "layers": [{"name": "meshkit", "static_layer": dict(RUNTIME)}]
+    }
     # the resources themselves are left as they were
     assert resources.clusters["outbound|echo"]["type"] == "EDS"
     assert "rds" in hcm(resources, "outbound")
