@@ -191,7 +191,7 @@ class Sidecar:
         self.registry = CollectorRegistry()
         self.plane: DataPlane | None = None
         self.admin: AdminServer | None = None
-        self.drain: health.GracefulDrain | None = None
+        self.drain: health.aio.GracefulDrain | None = None
         self._tasks = TaskSet()
         self._reload_lock: asyncio.Lock | None = None
         self._watcher: ConfigWatcher | None = None
@@ -276,7 +276,7 @@ class Sidecar:
         self.plane = dataplane.build(choice, config, context)
         self.addresses.update(await self.plane.start())
         # After start: the plane's inbound health service exists only once it has started.
-        self.drain = health.GracefulDrain(
+        self.drain = health.aio.GracefulDrain(
             self.plane,  # duck-typed: the drain only calls stop(grace)
             self.plane.health,
             health.DrainConfig(float(config.drain.drain_delay), float(config.drain.grace_period)),

@@ -289,6 +289,10 @@ def retry_policy(retry: RetryPolicy) -> Json | None:
     }
 
 
+#: Envoy's smallest HTTP/2 keepalive interval and timeout (KeepaliveSettings' constraint).
+_ENVOY_MIN_DURATION = 0.001
+
+
 def problems(name: str, config: ClusterConfig) -> Iterator[FieldError]:
     """Settings of cluster ``name`` that Envoy cannot express."""
     path = join_path("clusters", name)
@@ -318,6 +322,12 @@ def problems(name: str, config: ClusterConfig) -> Iterator[FieldError]:
                     f"{path}.outlier_detection.failure_codes[{i}]",
                     f"Envoy ejects on {', '.join(sorted(_5XX_CODES))} only (got {code})",
                 )
+    for field in ("time", "timeout"):
+        if getattr(config.keepalive, field) < _ENVOY_MIN_DURATION:
+            yield FieldError(
+                f"{path}.keepalive.{field}",
+                f"Envoy takes at least 1ms (got {getattr(config.keepalive, field)})",
+            )
     if config.tls is not None and _server_host(config) is None:
         yield FieldError(
             f"{path}.tls.server_name",

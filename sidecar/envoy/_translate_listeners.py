@@ -182,6 +182,8 @@ def _hcm(
             },
         },
         stream_idle_timeout="0s",
+        # no "server: envoy" of its own; an upstream's server header passes unchanged
+        server_header_transformation="PASS_THROUGH",
         http_filters=[
             {
                 "name": "envoy.filters.http.grpc_stats",
@@ -269,6 +271,12 @@ def _outbound_route(index: int, route: Route, config: SidecarConfig) -> Json:
     return {"name": f"routes[{index}]", "match": _match(route.prefix), "route": action}
 
 
+#: Headers Envoy adds that the Python plane does not: the mesh stays invisible to both ends.
+#: (x-request-id is still generated, since Envoy's trace sampling keys on it, and only removed
+#: on the way to the server; ``date`` Envoy always adds to responses: no setting removes it.)
+_TRANSPARENT: Json = {"request_headers_to_remove": ["x-forwarded-proto", "x-request-id"]}
+
+
 def outbound_routes(config: SidecarConfig, outbound: OutboundConfig) -> Json:
     """The outbound route configuration: the config's routes in order."""
     routes = [_outbound_route(i, r, config) for i, r in enumerate(outbound.routes)]
@@ -276,6 +284,7 @@ def outbound_routes(config: SidecarConfig, outbound: OutboundConfig) -> Json:
         "@type": ROUTE_CONFIGURATION,
         "name": OUTBOUND,
         "virtual_hosts": [{"name": OUTBOUND, "domains": ["*"], "routes": routes}],
+        **_TRANSPARENT,
     }
 
 
@@ -407,6 +416,7 @@ def inbound_routes(config: InboundConfig, health: bool, tokens: Sequence[str]) -
         "@type": ROUTE_CONFIGURATION,
         "name": INBOUND,
         "virtual_hosts": [{"name": INBOUND, "domains": ["*"], "routes": [health_route, *rest]}],
+        **_TRANSPARENT,
     }
 
 

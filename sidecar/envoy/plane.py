@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -40,7 +41,7 @@ import grpc
 from health import AioHealthService
 from sidecar.app_health import LocalHealth
 from sidecar.auth import parse_tokens
-from sidecar.config import SidecarConfig
+from sidecar.config import ListenAddress, SidecarConfig
 from sidecar.dataplane import ApplyError, DataPlane, PlaneContext, StartError
 from sidecar.envoy import protos
 from sidecar.envoy.bootstrap import bootstrap
@@ -53,6 +54,7 @@ from sidecar.envoy.translate import (
     Resources,
     cluster_name,
     translate,
+    unsupported,
 )
 from sidecar.envoy.xds import Resource, Snapshot, XdsServer
 from telemetry.clusters import ClusterCollector
@@ -191,6 +193,7 @@ class EnvoyDataPlane(DataPlane):
         self._tokens: tuple[str, ...] = ()
         self._push_pending = False
         self._stopped = False
+        self._bound: dict[str, str] = {}
         self._collector: EnvoyCollector | None = None
         if config.telemetry.prometheus:
             self._collector = EnvoyCollector(
@@ -283,12 +286,42 @@ class EnvoyDataPlane(DataPlane):
             log_level=config.envoy.log_level,
             drain_time=float(config.drain.grace_period),
             registry=self.context.registry,
+            on_exit=self._pin_ports,
         )
         try:
             await self._envoy.start(timeout=_READY_TIMEOUT)
         except EnvoyStartError as exc:
             raise StartError(f"envoy: {exc}") from None
-        return await self._listener_addresses()
+        self._bound = await self._listener_addresses()
+        return dict(self._bound)
+
+    def _keep_bound_ports(self, config: SidecarConfig) -> SidecarConfig:
+        """``config`` with the listen addresses the running listeners have (a reload never
+        moves a listener: that needs a restart, see :mod:`sidecar.app`)."""
+        for name in ("outbound", "inbound"):
+            new, running = getattr(config, name), getattr(self.config, name)
+            if new is not None and running is not None and new.listen != running.listen:
+                replaced = dataclasses.replace(new, listen=running.listen)
+                config = dataclasses.replace(config, **{name: replaced})
+        return config
+
+    def _pin_ports(self) -> None:
+        """Envoy died: the next one must bind the ports the first one announced (a listener
+        configured as ``:0`` would otherwise come back on another port nobody knows). Only
+        now, not at start: changing a running listener's address is refused by Envoy."""
+        config = self.config
+        for name in ("outbound", "inbound"):
+            section = getattr(config, name)
+            bound = self._bound.get(name)
+            if section is not None and bound is not None and section.listen.port == 0:
+                listen = ListenAddress.parse(bound)
+                config = dataclasses.replace(
+                    config, **{name: dataclasses.replace(section, listen=listen)}
+                )
+        if config is not self.config:
+            _LOG.info("envoy: restarting on the ports bound first: %s", self._bound)
+            self.config = config
+            self._push()
 
     async def _start_health(self, config: SidecarConfig) -> None:
         inbound = config.inbound
@@ -362,7 +395,14 @@ class EnvoyDataPlane(DataPlane):
         _LOG.error("envoy rejected %s", self._redacted(str(nack)))
 
     async def apply(self, config: SidecarConfig) -> str:
-        """A new snapshot for ``config`` (Envoy is not restarted)."""
+        """A new snapshot for ``config`` (Envoy is not restarted). A setting Envoy cannot
+        express is refused here, as at start-up, rather than sent to be NACKed."""
+        problems = unsupported(config)
+        if problems:
+            raise ApplyError(
+                "not expressible on the Envoy plane: " + "; ".join(str(p) for p in problems)
+            )
+        config = self._keep_bound_ports(config)
         try:
             files, tokens = _read_files(config)
             await self._watcher.update(config.clusters)

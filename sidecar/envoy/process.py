@@ -168,6 +168,8 @@ class EnvoyProcess:
     ``kill_after``: seconds between SIGTERM and SIGKILL at :meth:`stop`. ``registry``: where
     ``meshkit_envoy_restarts_total`` is registered (none when ``None``). ``on_restart``:
     called (and awaited if it returns an awaitable) after each restart, once ``LIVE``.
+    ``on_exit``: called when Envoy exited on its own, before it is started again (e.g. to
+    serve the next one a snapshot that keeps the ports the first one bound).
     ``directory``: a private directory of the owner's to put the bootstrap and the admin
     address file in (kept at :meth:`stop`, the two files removed); by default one of its own.
     """
@@ -184,6 +186,7 @@ class EnvoyProcess:
         kill_after: float = 5.0,
         registry: CollectorRegistry | None = None,
         on_restart: Callable[[], Awaitable[object] | object] | None = None,
+        on_exit: Callable[[], None] | None = None,
         backoff: Backoff = Backoff(),
         extra_args: Sequence[str] = (),
         directory: str | None = None,
@@ -200,6 +203,7 @@ class EnvoyProcess:
         self._start_timeout = start_timeout
         self._kill_after = kill_after
         self._on_restart = on_restart
+        self._on_exit = on_exit
         self._backoff = backoff
         self._extra = tuple(extra_args)
         self._restarts_counter = (
@@ -528,6 +532,11 @@ class EnvoyProcess:
                 delay,
             )
             self._admin = None
+            if self._on_exit is not None:
+                try:
+                    self._on_exit()
+                except Exception:  # supervision must go on whatever failed
+                    _LOG.exception("envoy: on_exit callback failed")
             while True:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff.maximum)

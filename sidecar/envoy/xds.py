@@ -11,8 +11,8 @@ with :meth:`XdsServer.set_snapshot`; the server does the protocol on
   resources do, so publishing an identical snapshot sends nothing. Each response has a new
   nonce; a request whose ``response_nonce`` is not the latest one is stale and ignored.
 - ACK (nonce matches, no ``error_detail``) records the acked version; NACK records Envoy's
-  message, calls ``on_nack`` (or logs it when there is none), and the rejected version is not sent again: the next
-  response waits for a new version (or a new subscription).
+  message, calls ``on_nack`` (or logs it when there is none), and the rejected version is not
+  sent again: the next response waits for a new version (or a new subscription).
 - One response in flight per stream and type: the next one waits for the ACK/NACK.
 - Listeners and clusters (full-state types) are sent whole to a wildcard subscription, or
   filtered to the names asked for. Other types (routes, endpoints, secrets) are asked for by

@@ -152,6 +152,8 @@ async def _refused(address: str) -> bool:
     try:
         await unary(address, "late")
     except grpc.aio.AioRpcError as error:
+        if error.code() is grpc.StatusCode.CANCELLED:
+            return False  # reached the server exactly as its stop began: try again
         assert error.code() is grpc.StatusCode.UNAVAILABLE, error
         return True
     return False

@@ -76,7 +76,7 @@ async def backends() -> AsyncIterator[tuple[int, dict[str, EchoServer]]]:
         await server.stop(None)
 
 
-def ready(channel: balancers.aio.BalancedChannel | balancers.BalancedSyncChannel) -> set[str]:
+def ready(channel: balancers.aio.BalancedChannel | balancers.BalancedChannel) -> set[str]:
     return {sc.address.host for sc in channel.core.subchannels if sc.state.connectivity is READY}
 
 

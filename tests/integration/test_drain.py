@@ -22,7 +22,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from health import DrainConfig, HealthService, HealthVerdict, SyncGracefulDrain, watch_health
+from health import DrainConfig, GracefulDrain, HealthService, HealthVerdict, aio
 from tests.support.echo import EchoRequest, EchoStub
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,7 +157,7 @@ async def test_sigterm_drains_under_load(spawn: Callable[..., Any], mode: str) -
         grpc.aio.insecure_channel(server.address) as channel,
     ):
         watch = asyncio.create_task(
-            watch_health(health_channel, "meshkit.test.Echo", watcher, initial_backoff=0.1)
+            aio.watch_health(health_channel, "meshkit.test.Echo", watcher, initial_backoff=0.1)
         )
         await until(lambda: watcher.verdict is HealthVerdict.HEALTHY)
         load = Load(EchoStub(channel), workers=8, delay=0.2)
@@ -212,7 +212,7 @@ async def test_health_aware_clients_see_no_error(spawn: Callable[..., Any], mode
         grpc.aio.insecure_channel(server.address) as channel,
     ):
         watch = asyncio.create_task(
-            watch_health(health_channel, "meshkit.test.Echo", watcher, initial_backoff=0.1)
+            aio.watch_health(health_channel, "meshkit.test.Echo", watcher, initial_backoff=0.1)
         )
         await until(lambda: watcher.verdict is HealthVerdict.HEALTHY)
         load = Load(
@@ -245,7 +245,9 @@ async def test_second_sigterm_stops_at_once(spawn: Callable[..., Any], mode: str
         grpc.aio.insecure_channel(server.address) as health_channel,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
-        watch = asyncio.create_task(watch_health(health_channel, "", watcher, initial_backoff=0.1))
+        watch = asyncio.create_task(
+            aio.watch_health(health_channel, "", watcher, initial_backoff=0.1)
+        )
         await until(lambda: watcher.verdict is HealthVerdict.HEALTHY)
         load = Load(EchoStub(channel), workers=3, delay=25.0, budget=1)
         server.proc.send_signal(signal.SIGTERM)
@@ -288,7 +290,7 @@ def test_sync_drain_by_method_call() -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     events: list[str] = []
-    drain = SyncGracefulDrain(
+    drain = GracefulDrain(
         server, health, DrainConfig(drain_delay=0.2, grace=20), on_event=events.append
     )
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -19,7 +19,7 @@ import pytest
 from google.protobuf import descriptor_pb2  # type: ignore[import-untyped]
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from health import AioHealthService, CheckRunner, HealthService, ServiceCheck, ServingStatus
+from health import CheckRunner, HealthService, ServiceCheck, ServingStatus, aio
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -38,9 +38,9 @@ async def _value(v: Any) -> Any:
 
 
 @pytest.fixture
-async def aio_server() -> AsyncIterator[tuple[AioHealthService, str, grpc.aio.Server]]:
+async def aio_server() -> AsyncIterator[tuple[aio.HealthService, str, grpc.aio.Server]]:
     server = grpc.aio.server()
-    health = AioHealthService()
+    health = aio.HealthService()
     health.add_to_server(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -73,7 +73,7 @@ async def check(address: str, service: str) -> tuple[grpc.StatusCode, int | None
         return grpc.StatusCode.OK, reply.status
 
 
-async def test_aio_set_and_check(aio_server: tuple[AioHealthService, str, Any]) -> None:
+async def test_aio_set_and_check(aio_server: tuple[aio.HealthService, str, Any]) -> None:
     health, address, _ = aio_server
     assert await check(address, "") == (grpc.StatusCode.OK, SERVING)
     assert (await check(address, "echo.Echo"))[0] == grpc.StatusCode.NOT_FOUND
@@ -89,7 +89,7 @@ async def test_aio_set_and_check(aio_server: tuple[AioHealthService, str, Any]) 
 
 
 async def test_aio_graceful_shutdown_is_permanent(
-    aio_server: tuple[AioHealthService, str, Any],
+    aio_server: tuple[aio.HealthService, str, Any],
 ) -> None:
     health, address, _ = aio_server
     await health.set("a", True)
@@ -131,7 +131,7 @@ def test_set_rejects_bad_status() -> None:
 
 
 async def test_aio_close_watches_ends_streams_and_stop_is_quick(
-    aio_server: tuple[AioHealthService, str, grpc.aio.Server],
+    aio_server: tuple[aio.HealthService, str, grpc.aio.Server],
 ) -> None:
     health, address, server = aio_server
     async with grpc.aio.insecure_channel(address) as channel:
@@ -171,7 +171,7 @@ def test_sync_close_watches_ends_streams(sync_server: tuple[HealthService, str, 
 
 
 async def test_periodic_checks_drive_check_answers(
-    aio_server: tuple[AioHealthService, str, Any],
+    aio_server: tuple[aio.HealthService, str, Any],
 ) -> None:
     health, address, _ = aio_server
     db_up = True
@@ -243,7 +243,7 @@ async def grpcurl_check(binary: str, protoset: str, address: str, service: str) 
 
 
 async def test_grpcurl_sees_serving_and_not_serving(
-    aio_server: tuple[AioHealthService, str, Any], grpcurl: str, protoset: str
+    aio_server: tuple[aio.HealthService, str, Any], grpcurl: str, protoset: str
 ) -> None:
     health, address, _ = aio_server
     await health.set("echo.Echo", True)

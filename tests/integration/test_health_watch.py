@@ -13,8 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from health import AioHealthService, HealthService, HealthVerdict, watch_health
-from health import watch_health_blocking as watch_blocking
+from health import HealthService, HealthVerdict, aio, watch_health
 from tests.support.echo import start_echo_server
 
 HEALTHY, UNHEALTHY = HealthVerdict.HEALTHY, HealthVerdict.UNHEALTHY
@@ -72,9 +71,9 @@ class AttemptCounter(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[mis
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[AioHealthService, str, grpc.aio.Server]]:
+async def served() -> AsyncIterator[tuple[aio.HealthService, str, grpc.aio.Server]]:
     server = grpc.aio.server()
-    health = AioHealthService()
+    health = aio.HealthService()
     health.add_to_server(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -91,12 +90,12 @@ async def stop_task(task: asyncio.Task[None]) -> None:
 
 
 async def test_aio_watch_follows_status_flips(
-    served: tuple[AioHealthService, str, Any],
+    served: tuple[aio.HealthService, str, Any],
 ) -> None:
     health, address, _ = served
     rec = Recorder()
     async with grpc.aio.insecure_channel(address) as channel:
-        task = asyncio.create_task(watch_health(channel, "", rec, **FAST))
+        task = asyncio.create_task(aio.watch_health(channel, "", rec, **FAST))
         await until(lambda: rec.last is HEALTHY)
         await health.set("", False)
         await until(lambda: rec.last is UNHEALTHY)
@@ -108,12 +107,12 @@ async def test_aio_watch_follows_status_flips(
 
 
 async def test_aio_watch_unknown_service_then_known(
-    served: tuple[AioHealthService, str, Any],
+    served: tuple[aio.HealthService, str, Any],
 ) -> None:
     health, address, _ = served
     rec = Recorder()
     async with grpc.aio.insecure_channel(address) as channel:
-        task = asyncio.create_task(watch_health(channel, "echo.Echo", rec, **FAST))
+        task = asyncio.create_task(aio.watch_health(channel, "echo.Echo", rec, **FAST))
         await until(lambda: rec.last is UNHEALTHY)
         assert "SERVICE_UNKNOWN" in rec.changes[-1][1]
         await health.set("echo.Echo", True)
@@ -130,7 +129,7 @@ async def test_aio_watch_disabled_without_health_service(
         async with grpc.aio.insecure_channel(echo.address) as channel:
             with caplog.at_level("INFO", logger="health.watch"):
                 await asyncio.wait_for(
-                    watch_health(channel, "", rec, label=echo.address, **FAST), 15
+                    aio.watch_health(channel, "", rec, label=echo.address, **FAST), 15
                 )
     finally:
         await echo.stop(None)
@@ -140,13 +139,13 @@ async def test_aio_watch_disabled_without_health_service(
 
 
 async def test_aio_killed_server_is_unhealthy_and_retried(
-    served: tuple[AioHealthService, str, grpc.aio.Server],
+    served: tuple[aio.HealthService, str, grpc.aio.Server],
 ) -> None:
     _, address, server = served
     rec = Recorder()
     counter = AttemptCounter()
     async with grpc.aio.insecure_channel(address, interceptors=[counter]) as channel:
-        task = asyncio.create_task(watch_health(channel, "", rec, **FAST))
+        task = asyncio.create_task(aio.watch_health(channel, "", rec, **FAST))
         await until(lambda: rec.last is HEALTHY)
         await server.stop(None)
         await until(lambda: rec.last is UNHEALTHY)
@@ -194,7 +193,7 @@ async def test_aio_broken_streams_back_off_exponentially() -> None:
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             task = asyncio.create_task(
-                watch_health(
+                aio.watch_health(
                     channel, "", rec, initial_backoff=0.1, max_backoff=1.0, multiplier=2.0, jitter=0
                 )
             )
@@ -219,7 +218,7 @@ async def test_aio_stream_closed_after_an_answer_is_reopened_at_once() -> None:
         async with grpc.aio.insecure_channel(address) as channel:
             # A huge backoff: only the A17 "answered, so no backoff" rule can reopen in time.
             task = asyncio.create_task(
-                watch_health(channel, "", rec, initial_backoff=60, max_backoff=120)
+                aio.watch_health(channel, "", rec, initial_backoff=60, max_backoff=120)
             )
             await until(lambda: len(servicer.attempts) == 2 and rec.last is HEALTHY)
             await stop_task(task)
@@ -250,7 +249,7 @@ def _start_blocking(
 ) -> tuple[threading.Thread, threading.Event]:
     stop = threading.Event()
     thread = threading.Thread(
-        target=watch_blocking, args=(channel, service, rec, stop), kwargs=FAST, daemon=True
+        target=watch_health, args=(channel, service, rec, stop), kwargs=FAST, daemon=True
     )
     thread.start()
     return thread, stop
@@ -300,7 +299,7 @@ async def test_blocking_watch_disabled_and_aio_status_flips() -> None:
     # The sync client against aio servers: one with health, one without.
     plain = await start_echo_server("plain", health=False)
     server = grpc.aio.server()
-    health = AioHealthService()
+    health = aio.HealthService()
     health.add_to_server(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

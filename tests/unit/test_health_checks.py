@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from health import AioHealthService, CheckRunner, HealthService, ServiceCheck, ServingStatus
+from health import CheckRunner, HealthService, ServiceCheck, ServingStatus, aio
 
 SERVING, NOT_SERVING = ServingStatus.SERVING, ServingStatus.NOT_SERVING
 
@@ -39,7 +39,7 @@ class Flag:
 
 
 async def test_check_once_sets_statuses_from_results() -> None:
-    health = AioHealthService()
+    health = aio.HealthService()
     good, bad = Flag(True), Flag(0)
     runner = CheckRunner(
         health,
@@ -51,7 +51,7 @@ async def test_check_once_sets_statuses_from_results() -> None:
 
 
 async def test_exceptions_and_timeouts_fail() -> None:
-    health = AioHealthService()
+    health = aio.HealthService()
     release = threading.Event()
 
     async def slow() -> bool:
@@ -86,7 +86,7 @@ async def test_exceptions_and_timeouts_fail() -> None:
 
 
 async def test_all_checks_of_a_service_must_pass() -> None:
-    health = AioHealthService()
+    health = aio.HealthService()
     a, b = Flag(True), Flag(True)
     runner = CheckRunner(
         health, [ServiceCheck("svc", a.async_check), ServiceCheck("svc", b.sync_check)]
@@ -99,7 +99,7 @@ async def test_all_checks_of_a_service_must_pass() -> None:
 
 
 async def test_runner_task_flips_status_and_stops_cleanly() -> None:
-    health = AioHealthService()
+    health = aio.HealthService()
     flag = Flag(True)
     async with CheckRunner(health, [ServiceCheck("", flag.async_check, ttl=0.02)]) as runner:
         assert runner.running
@@ -117,7 +117,7 @@ async def test_runner_task_flips_status_and_stops_cleanly() -> None:
 
 
 async def test_cancellation_propagates_through_a_running_check() -> None:
-    health = AioHealthService()
+    health = aio.HealthService()
     entered = asyncio.Event()
 
     async def hangs() -> bool:
