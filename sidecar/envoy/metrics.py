@@ -19,8 +19,10 @@
                                             milliseconds: buckets start at 1 ms)
   ========================================  ===================================================
 
-  Where Envoy has no equivalent: ``grpc_type`` is always ``"unknown"`` (Envoy does not know a
-  method's streaming kind); a call ended by the client (cancel, deadline) carries no
+  Where Envoy has no equivalent: ``grpc_type`` is ``"unknown"`` (Envoy does not know a
+  method's streaming kind) unless the owner passes ``grpc_type``, a function from the method
+  path (``/pkg.Service/Method``) to the label, as the sidecar does from its routes' ``kind``
+  hints so both planes label alike; a call ended by the client (cancel, deadline) carries no
   ``grpc-status`` and is not counted, where the Python plane counts ``Canceled`` /
   ``DeadlineExceeded``; a status code above 16 is spelt ``Code(<n>)``, as Go does.
   ``direction`` (optional, off by default so labels match the Python plane): a function from
@@ -77,6 +79,8 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 Direction = Callable[[str], str]
+#: Method path (``/pkg.Service/Method``) -> ``grpc_type`` label value.
+GrpcTypeOf = Callable[[str], str]
 """Envoy cluster name -> ``direction`` label value."""
 
 # Family names as prometheus_client's parser gives them (a counter loses ``_total``, so Envoy's
@@ -128,7 +132,10 @@ class _Histogram:
 
 
 def translate_grpc(
-    families: Iterable[Metric], *, direction: Direction | None = None
+    families: Iterable[Metric],
+    *,
+    direction: Direction | None = None,
+    grpc_type: GrpcTypeOf | None = None,
 ) -> list[Metric]:
     """The ``grpc_server_*`` families from Envoy's parsed ``envoy_cluster_grpc*`` families
     (see the module doc); samples without ``grpc_service`` / ``grpc_method`` are skipped."""
@@ -146,7 +153,8 @@ def translate_grpc(
         method = sample_labels.get("grpc_method")
         if not service or not method:
             return None
-        base = (UNKNOWN_LABEL, service, method)
+        kind = grpc_type(f"/{service}/{method}") if grpc_type is not None else UNKNOWN_LABEL
+        base = (kind, service, method)
         if direction is None:
             return base
         return (*base, direction(sample_labels.get(_CLUSTER_LABEL, "")))
@@ -298,11 +306,16 @@ def _short(label: str) -> str:
     return label.removeprefix("envoy_")
 
 
-def envoy_families(text: str, *, direction: Direction | None = None) -> list[Metric]:
+def envoy_families(
+    text: str, *, direction: Direction | None = None, grpc_type: GrpcTypeOf | None = None
+) -> list[Metric]:
     """Everything :class:`EnvoyCollector` yields from one ``/stats/prometheus`` answer, but
     ``meshkit_envoy_up``. Raises ``ValueError`` on text that is not Prometheus' format."""
     families = list(text_string_to_metric_families(text))
-    return [*translate_grpc(families, direction=direction), *reexport(families)]
+    return [
+        *translate_grpc(families, direction=direction, grpc_type=grpc_type),
+        *reexport(families),
+    ]
 
 
 class EnvoyCollector(Collector):
@@ -324,7 +337,9 @@ class EnvoyCollector(Collector):
         timeout: float | None = None,
         used_only: bool = True,
         direction: Direction | None = None,
+        grpc_type: GrpcTypeOf | None = None,
     ) -> None:
+        self._grpc_type = grpc_type
         self._admin: Callable[[], EnvoyAdmin | str | None] = (
             admin if callable(admin) else (lambda: admin)
         )
@@ -349,7 +364,9 @@ class EnvoyCollector(Collector):
             if isinstance(admin, str):
                 admin = EnvoyAdmin(admin)
             text = admin.stats_prometheus(used_only=self._used_only, timeout=self._timeout)
-            families = envoy_families(text, direction=self._direction)
+            families = envoy_families(
+                text, direction=self._direction, grpc_type=self._grpc_type
+            )
         except Exception as exc:
             if self._was_up:
                 _LOG.warning("envoy: reading stats failed: %s", exc)

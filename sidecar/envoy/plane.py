@@ -57,6 +57,7 @@ from sidecar.envoy.translate import (
     unsupported,
 )
 from sidecar.envoy.xds import Resource, Snapshot, XdsServer
+from sidecar.routing import Router
 from telemetry.clusters import ClusterCollector
 
 __all__ = ["EnvoyDataPlane"]
@@ -65,6 +66,13 @@ _LOG = logging.getLogger("meshkit.sidecar.envoy")
 
 #: The xDS node cluster of the sidecar's own Envoy (grpcio proxyless clients use other groups).
 NODE_CLUSTER = "meshkit-sidecar"
+#: ``outbound.routes[].kind`` -> the ``grpc_type`` label (telemetry.metrics' names).
+_GRPC_TYPES = {
+    "unary_unary": "unary",
+    "unary_stream": "server_stream",
+    "stream_unary": "client_stream",
+    "stream_stream": "bidi_stream",
+}
 #: How long ``start`` waits for Envoy to be ready with the first snapshot.
 _READY_TIMEOUT = 30.0
 #: How often ``stop`` looks whether Envoy's requests in flight have ended.
@@ -194,16 +202,30 @@ class EnvoyDataPlane(DataPlane):
         self._push_pending = False
         self._stopped = False
         self._bound: dict[str, str] = {}
+        self._routes_of: Any = None
+        self._kinds: Router[str] = Router([])
         self._collector: EnvoyCollector | None = None
         if config.telemetry.prometheus:
             self._collector = EnvoyCollector(
                 lambda: self._envoy.admin if self._envoy is not None else None,
                 registry=context.registry,
+                grpc_type=self._grpc_type,
             )
             # The same meshkit_cluster_* families as the Python plane, from Envoy's view.
             ClusterCollector(documents=self.clusters_view, registry=context.registry)
 
     # -- views ---------------------------------------------------------------------------
+
+    def _grpc_type(self, method: str) -> str:
+        """The ``grpc_type`` label of ``method``, as the Python plane gives it: its outbound
+        route's ``kind`` hint, ``bidi_stream`` when unhinted (the kind is not on the wire)."""
+        outbound = self.config.outbound
+        if outbound is None:
+            return "bidi_stream"
+        if self._routes_of is not outbound:  # one router per config, not per sample
+            self._routes_of = outbound
+            self._kinds = Router([(r.prefix, r.kind) for r in outbound.routes])
+        return _GRPC_TYPES.get(self._kinds.match(method) or "", "bidi_stream")
 
     def _admin_address(self) -> str | None:
         return self._envoy.admin_address if self._envoy is not None else None

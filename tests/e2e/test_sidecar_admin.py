@@ -82,7 +82,11 @@ async def test_config_is_the_effective_config_with_secrets_redacted(env: Env) ->
 async def test_metrics(env: Env) -> None:
     status, text = await env.sidecar.get("/metrics")
     assert status == 200
-    assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="Unary"' in text
+    # the same families and labels on both planes (unhinted methods count as bidi_stream)
+    assert (
+        'grpc_server_handled_total{grpc_code="OK",grpc_method="Unary",'
+        'grpc_service="meshkit.test.Echo",grpc_type="bidi_stream"}'
+    ) in text, text
     assert 'meshkit_cluster_endpoints{cluster="backend",state="READY"} 1.0' in text
     assert "meshkit_config_reloads_total" in text
 

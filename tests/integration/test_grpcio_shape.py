@@ -244,8 +244,8 @@ def test_sync_call_waiting_for_an_endpoint_fails_cancelled_on_close() -> None:
     caller.join(10)
     assert len(failures) == 1
     got = failures[0]
-    assert (got.code(), got.details()) == (want.code(), want.details())  # type: ignore[attr-defined]
-    assert got.code() is CANCELLED  # type: ignore[attr-defined]
+    assert (got.code(), got.details()) == (want.code(), want.details())
+    assert got.code() is CANCELLED
 
 
 def test_sync_close_cancels_calls_in_flight_at_once() -> None:
