@@ -5,12 +5,19 @@
 (``round_robin``, the default, ``pick_first`` and ``weighted_round_robin`` for SRV weights
 are built in); third-party policies use
 :func:`register` or the ``meshkit.balancers`` entry-point group.
+
+Names follow grpcio's convention: the sync API is at the top (``balancers.BalancedChannel``,
+``insecure_channel``, ``secure_channel``, like ``grpc.Channel``) and its asyncio twin has the
+same names in ``balancers.aio`` (like ``grpc.aio.Channel``); ``import balancers`` is enough to
+use both. What both share (``RetryPolicy``, the policy contract) is only here.
+``BalancedSyncChannel`` is the deprecated former name of ``BalancedChannel``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -33,7 +40,7 @@ from balancers._base import (
 from balancers._factory import settings_from
 from balancers._registry import ENTRY_POINT_GROUP, get, policy_names, register
 from balancers._retry import RetryPolicy
-from balancers._sync import BalancedSyncChannel, PickError
+from balancers._sync import BalancedChannel, PickError
 from balancers.pick_first import PickFirstBuilder
 from balancers.round_robin import RoundRobinBuilder
 from balancers.weighted_round_robin import WeightedRoundRobinBuilder
@@ -45,7 +52,7 @@ register(WeightedRoundRobinBuilder())
 
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "BalancedSyncChannel",
+    "BalancedChannel",
     "Balancer",
     "BalancerBuilder",
     "BalancerController",
@@ -62,6 +69,7 @@ __all__ = [
     "RetryPolicy",
     "SubchannelState",
     "aggregate",
+    "aio",
     "get",
     "insecure_channel",
     "policy_names",
@@ -83,7 +91,7 @@ def insecure_channel(
     resolver_options: ResolverOptions | None = None,
     drain_timeout: float = 30.0,
     retry: RetryPolicy | None = None,
-) -> BalancedSyncChannel:
+) -> BalancedChannel:
     """A balanced plaintext sync ``grpc.Channel``; see :func:`balancers.aio.insecure_channel`.
 
     ``interceptors`` are ``grpc`` client interceptors, applied per endpoint. ``retry`` (a
@@ -100,7 +108,7 @@ def insecure_channel(
         drain_timeout,
         retry,
     )
-    return BalancedSyncChannel(target, None, options, settings, compression, interceptors)
+    return BalancedChannel(target, None, options, settings, compression, interceptors)
 
 
 def secure_channel(
@@ -117,7 +125,7 @@ def secure_channel(
     resolver_options: ResolverOptions | None = None,
     drain_timeout: float = 30.0,
     retry: RetryPolicy | None = None,
-) -> BalancedSyncChannel:
+) -> BalancedChannel:
     """Like :func:`insecure_channel`, over TLS with ``credentials``."""
     settings = settings_from(
         lb_policy,
@@ -128,4 +136,26 @@ def secure_channel(
         drain_timeout,
         retry,
     )
-    return BalancedSyncChannel(target, credentials, options, settings, compression, interceptors)
+    return BalancedChannel(target, credentials, options, settings, compression, interceptors)
+
+
+# Last: the twin imports this package's modules (as ``grpc`` imports ``grpc.aio``).
+from balancers import aio  # noqa: E402
+
+_DEPRECATED = {"BalancedSyncChannel": ("BalancedChannel", BalancedChannel)}
+
+if TYPE_CHECKING:
+    BalancedSyncChannel = BalancedChannel  # deprecated
+else:  # hidden from type checkers, which would otherwise accept any name of this module
+
+    def __getattr__(name: str) -> Any:
+        """Former names, still importable for one release with a ``DeprecationWarning``."""
+        if name in _DEPRECATED:
+            new, value = _DEPRECATED[name]
+            warnings.warn(
+                f"balancers.{name} is deprecated; use balancers.{new}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return value
+        raise AttributeError(f"module 'balancers' has no attribute {name!r}")

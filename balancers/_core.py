@@ -1,8 +1,8 @@
 """The channel core: resolver -> policy -> picker, shared by the aio and the sync channel.
 
-All state changes run serially on one event loop (the caller's for ``balancers.aio``, a
-private thread's for the sync channel). Calls read ``core.picker`` from any thread: it is
-replaced, never mutated, so reading it needs no lock.
+All state changes run serially on one event loop: the one running ``start()``, which is the
+loop of the first use for ``balancers.aio`` and a private thread's for the sync channel. Calls
+read ``core.picker`` from any thread: it is replaced, never mutated, so reading it needs no lock.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from balancers._base import (
     Balancer,
     BalancerOptions,
     Connectivity,
-    ErrorPicker,
     NoSubchannelAvailable,
     Picker,
     PickFailed,
@@ -48,6 +47,33 @@ SERVER_MIN_PING_INTERVAL_MS = 300_000
 SubchannelFactory = Callable[..., Subchannel]
 """``factory(address, listener, loop=..., health_service=..., on_done=...) -> Subchannel``."""
 
+CLOSED_DETAILS = "Channel closed!"
+"""grpcio's details for calls ended by closing their channel."""
+
+NO_LOOP = (
+    "balancers.aio channels run on an event loop: use them from async code (a channel binds "
+    "to the loop running at its first use), or use the sync balancers.insecure_channel"
+)
+
+
+class ChannelClosed(PickFailed):
+    """Raised by a closed channel's picker: the call must not start, nor be retried.
+
+    The channels turn it into what grpcio raises for a call on a closed channel
+    (``grpc.aio.UsageError``, ``ValueError``), or for a call still waiting for an endpoint
+    when the channel closes, into a cancellation, as grpcio cancels its calls in flight.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(grpc.StatusCode.CANCELLED, CLOSED_DETAILS)
+
+
+class _ClosedPicker(Picker):
+    """Published when closing begins: no call may start any more."""
+
+    def pick(self, info: PickInfo) -> PickResult:
+        raise ChannelClosed()
+
 
 @dataclass(frozen=True)
 class ChannelSettings:
@@ -67,27 +93,34 @@ class ChannelSettings:
 
 
 class ChannelCore:
-    """Drives a resolver and a policy for one target and publishes pickers."""
+    """Drives a resolver and a policy for one target and publishes pickers.
+
+    Built anywhere (the target and the policy are checked at once); bound to an event loop by
+    ``start()``, which must run on that loop.
+    """
+
+    _loop: asyncio.AbstractEventLoop
+    """The loop everything runs on; set by ``start()``."""
 
     def __init__(
         self,
         target: str,
         factory: SubchannelFactory,
         settings: ChannelSettings,
-        loop: asyncio.AbstractEventLoop,
     ) -> None:
         # The check `sidecar validate` runs too: a target gets one verdict everywhere.
         self.target = resolvers.check_target(target)
         self.target_text = target
         self.settings = settings
         self._factory = factory
-        self._loop = loop
+        self._started = False
         self.picker: Picker = QueuePicker()
         self.connectivity: Connectivity = IDLE
         self._builder = _registry.get(settings.lb_policy)
         self._balancer: Balancer | None = None
         self._resolver: Resolver | None = None
         self._closed = False
+        self._close_grace: float | None = None
         self._closing_tasks: set[asyncio.Task[None]] = set()
         self._subchannels: set[Subchannel] = set()
         self._watchers: list[Callable[[], None]] = []
@@ -104,7 +137,9 @@ class ChannelCore:
     # -- lifecycle (on the loop) ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Build the policy and the resolver; must run on the core's loop."""
+        """Bind to the running event loop, then build the policy and the resolver."""
+        self._loop = _running_loop()
+        self._started = True
         self._balancer = self._builder.build(
             _BalancerSide(self), BalancerOptions(self.target_text, dict(self.settings.lb_config))
         )
@@ -113,20 +148,41 @@ class ChannelCore:
             self.target, _ResolverSide(self), self.settings.resolver_options
         )
 
-    async def aclose(self) -> None:
-        """Stop resolving, close every subchannel, fail queued calls; idempotent."""
+    def ensure_started(self) -> None:
+        """Start on the running loop unless started (or closed) already: ``balancers.aio``
+        channels bind on first use. Raises ``RuntimeError`` when used from another loop."""
+        if not self._started:
+            if not self._closed:
+                self.start()
+        elif _running_loop() is not self._loop:
+            raise RuntimeError(
+                f"this balancers.aio channel to {self.target_text} is bound to the event loop "
+                "of its first use and is used from another one: make one channel per loop"
+            )
+
+    @property
+    def started(self) -> bool:
+        """Whether ``start()`` has run (the core is bound to its loop)."""
+        return self._started
+
+    async def aclose(self, grace: float | None = None) -> None:
+        """Close: no call starts from now on, calls waiting for an endpoint are ended, then
+        stop resolving and close every subchannel, whose calls in flight get ``grace`` seconds
+        to finish (None: cancelled at once, as grpcio does). Idempotent."""
         if self._closed:
             return
         self._closed = True
+        self._close_grace = grace
         if self._eject_timer is not None:
             self._eject_timer.cancel()
+        # First: grpcio's channel refuses new calls as soon as its close begins.
+        self._publish(SHUTDOWN, _ClosedPicker())
         if self._resolver is not None:
             await self._resolver.aclose()
         if self._balancer is not None:
-            self._balancer.close()
-        self._publish(SHUTDOWN, ErrorPicker(grpc.StatusCode.UNAVAILABLE, "channel closed"))
+            self._balancer.close()  # gives every subchannel back, closing it with the grace
         for sc in list(self._subchannels):
-            self._close_subchannel(sc, grace=None)
+            self._close_subchannel(sc, grace)
         if self._closing_tasks:
             await asyncio.wait(list(self._closing_tasks))
 
@@ -203,7 +259,9 @@ class ChannelCore:
         return sc
 
     def _remove_subchannel(self, sc: Subchannel) -> None:
-        self._close_subchannel(sc, grace=self.settings.drain_timeout)
+        # A removed endpoint drains; a closing channel gives its calls the close's grace.
+        grace = self._close_grace if self._closed else self.settings.drain_timeout
+        self._close_subchannel(sc, grace)
 
     def _close_subchannel(self, sc: Subchannel, grace: float | None) -> None:
         if sc not in self._subchannels:
@@ -262,6 +320,13 @@ class ChannelCore:
                 log.info("%s: returning %s to rotation", self.target_text, sc.address)
                 sc.set_ejected(False)
         self._schedule_unejection()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(NO_LOOP) from None
 
 
 class _ResolverSide:

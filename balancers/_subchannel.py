@@ -236,7 +236,7 @@ class AioSubchannel(Subchannel):
             state = channel.get_state(try_to_connect=True)
 
     def _start_health_watch(self) -> None:
-        from health.watch import watch_health
+        from health.aio import watch_health
 
         self._stop_health_watch()
         assert self._health_service is not None
@@ -304,7 +304,7 @@ class SyncSubchannel(Subchannel):
                 self._drained.set()
 
     def _start_health_watch(self) -> None:
-        from health.watch import watch_health_blocking
+        from health import watch_health
 
         self._stop_health_watch()
         stop = threading.Event()
@@ -316,7 +316,7 @@ class SyncSubchannel(Subchannel):
 
         assert self._health_service is not None
         threading.Thread(
-            target=watch_health_blocking,
+            target=watch_health,
             args=(self.channel, self._health_service, on_change, stop),
             name=f"meshkit-health-{self.address}",
             daemon=True,

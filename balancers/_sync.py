@@ -8,6 +8,8 @@ picked endpoint, so a call costs one pick more than plain grpcio and no thread h
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,7 +19,13 @@ import grpc
 
 from balancers._base import Connectivity, DoneInfo, PickFailed, PickInfo
 from balancers._channel_api import ChannelMethods
-from balancers._core import ChannelCore, ChannelSettings, channel_options
+from balancers._core import (
+    CLOSED_DETAILS,
+    ChannelClosed,
+    ChannelCore,
+    ChannelSettings,
+    channel_options,
+)
 from balancers._retry import RetryPolicy, deadline_details
 from balancers._subchannel import (
     StateListener,
@@ -26,6 +34,13 @@ from balancers._subchannel import (
     grpc_target,
 )
 from resolvers import Address
+
+log = logging.getLogger("meshkit.balancers")
+
+# What grpcio's sync channel raises (ValueError) for a call on a closed channel: blocking
+# calls say the first, calls returning a future or a stream the second.
+CLOSED_BLOCKING = "Cannot invoke RPC on closed channel!"
+CLOSED_NONBLOCKING = "Cannot invoke RPC: Channel closed!"
 
 
 class PickError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
@@ -103,7 +118,7 @@ class _SyncMultiCallable:
 
     def __init__(
         self,
-        owner: BalancedSyncChannel,
+        owner: BalancedChannel,
         kind: int,
         method: str,
         ser: Any,
@@ -127,9 +142,12 @@ class _SyncMultiCallable:
         return sc, done, remaining, real
 
     def _blocking(self, with_call: bool, request: Any, **kwargs: Any) -> Any:
-        sc, done, kwargs["timeout"], real = self._start(
-            kwargs["timeout"], kwargs["metadata"], kwargs["wait_for_ready"]
-        )
+        try:
+            sc, done, kwargs["timeout"], real = self._start(
+                kwargs["timeout"], kwargs["metadata"], kwargs["wait_for_ready"]
+            )
+        except ChannelClosed:
+            raise ValueError(CLOSED_BLOCKING) from None
         try:
             result = real.with_call(request, **kwargs)
         except grpc.RpcError as error:
@@ -145,6 +163,8 @@ class _SyncMultiCallable:
             sc, done, kwargs["timeout"], real = self._start(
                 kwargs["timeout"], kwargs["metadata"], kwargs["wait_for_ready"]
             )
+        except ChannelClosed:
+            raise ValueError(CLOSED_NONBLOCKING) from None
         except PickError as error:
             return error  # a finished future / a stream whose iteration raises, like grpcio's
         call = getattr(real, verb)(request, **kwargs)
@@ -261,7 +281,8 @@ class _SyncRetryingUnaryUnary(_SyncUnaryUnary):
     """``__call__``/``with_call`` retried by the channel's policy; ``future()`` is one attempt."""
 
     def _blocking(self, with_call: bool, request: Any, **kwargs: Any) -> Any:
-        policy: RetryPolicy = self._owner._core.settings.retry  # type: ignore[assignment]
+        core = self._owner._core
+        policy: RetryPolicy = core.settings.retry  # type: ignore[assignment]
         timeout = kwargs["timeout"]
         deadline = None if timeout is None else time.monotonic() + timeout
         attempt = 0
@@ -270,7 +291,9 @@ class _SyncRetryingUnaryUnary(_SyncUnaryUnary):
             try:
                 return super()._blocking(with_call, request, **kwargs)
             except grpc.RpcError as error:
-                if not policy.should_retry(error.code(), bool(error.initial_metadata()), attempt):
+                if core.closed or not policy.should_retry(
+                    error.code(), bool(error.initial_metadata()), attempt
+                ):
                     raise
                 kwargs["timeout"] = _backoff(policy, attempt, deadline, error)
 
@@ -327,7 +350,8 @@ class _RetryingStream(grpc.Call, grpc.Future):  # type: ignore[misc]
         self._kwargs = kwargs
         timeout = kwargs["timeout"]
         self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._policy: RetryPolicy = owner._owner._core.settings.retry  # type: ignore[assignment]
+        self._core = owner._owner._core
+        self._policy: RetryPolicy = self._core.settings.retry  # type: ignore[assignment]
         self._attempt = 1
         self._committed = False
         self._cancelled = False
@@ -351,8 +375,12 @@ class _RetryingStream(grpc.Call, grpc.Future):  # type: ignore[misc]
                 self._commit()
                 raise
             except grpc.RpcError as error:
-                if self._cancelled or not self._policy.should_retry(
-                    error.code(), bool(error.initial_metadata()), self._attempt
+                if (
+                    self._cancelled
+                    or self._core.closed
+                    or not self._policy.should_retry(
+                        error.code(), bool(error.initial_metadata()), self._attempt
+                    )
                 ):
                     self._commit()
                     raise
@@ -426,10 +454,12 @@ class _RetryingStream(grpc.Call, grpc.Future):  # type: ignore[misc]
         return self._call.traceback(timeout)
 
 
-class BalancedSyncChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
+class BalancedChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
     """A ``grpc.Channel`` whose calls are spread over the endpoints a resolver finds.
 
     Build it with :func:`balancers.insecure_channel` or :func:`balancers.secure_channel`.
+    As with grpcio, a call on a closed channel raises ``ValueError``, and a call still waiting
+    for an endpoint when the channel closes fails with CANCELLED.
     """
 
     _multicallable_types = (_SyncUnaryUnary, _SyncUnaryStream, _SyncStreamUnary, _SyncStreamStream)
@@ -446,7 +476,8 @@ class BalancedSyncChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
         self._credentials = credentials
         self._compression = compression
         self._interceptors = list(interceptors or ())
-        self._subscribers: list[Callable[[Connectivity], None]] = []
+        # [callback, the state it was last given]: grpcio's bookkeeping, for transitions only.
+        self._subscribers: list[list[Any]] = []
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -463,17 +494,13 @@ class BalancedSyncChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
                 _SyncStreamStream,
             )
         try:
-            self._core: ChannelCore = self._run(self._build(target, settings))
+            self._core = ChannelCore(target, self._make_subchannel, settings)
+            self._core.add_state_watcher(self._deliver)
             self._options = channel_options(options, self._core.target)
             self._run(self._start_core())
         except BaseException:
             self._stop_loop()
             raise
-
-    async def _build(self, target: str, settings: ChannelSettings) -> ChannelCore:
-        core = ChannelCore(target, self._make_subchannel, settings, self._loop)
-        core.add_state_watcher(self._on_core_state)
-        return core
 
     async def _start_core(self) -> None:
         self._core.start()
@@ -503,12 +530,20 @@ class BalancedSyncChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
             address, channel, listener, loop=loop, health_service=health_service, on_done=on_done
         )
 
-    def _on_core_state(self) -> None:
+    def _deliver(self) -> None:
+        """Give each subscriber the current state unless it already has it (on the loop)."""
         state = self._core.connectivity
+        due = []
         with self._lock:
-            subscribers = list(self._subscribers)
-        for callback in subscribers:
-            callback(state)
+            for entry in self._subscribers:
+                if entry[1] is not state:
+                    entry[1] = state
+                    due.append(entry[0])
+        for callback in due:
+            try:
+                callback(state)
+            except Exception:  # grpcio logs a failing subscriber and goes on, so do we
+                log.exception("connectivity subscriber of %s raised", self._core.target_text)
 
     @property
     def core(self) -> ChannelCore:
@@ -520,10 +555,16 @@ class BalancedSyncChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
     ) -> tuple[SyncSubchannel, Callable[[DoneInfo], None] | None, float | None]:
         core = self._core
         deadline = None if timeout is None else time.monotonic() + timeout
+        waited = False
         while True:
             generation = core.generation
             try:
                 result = core.pick_now(info, wait_for_ready)
+            except ChannelClosed:
+                if not waited:
+                    raise  # closed before the call: the verbs raise grpcio's ValueError
+                # Closed while the call waited: grpcio cancels its calls in flight.
+                raise PickError(grpc.StatusCode.CANCELLED, CLOSED_DETAILS) from None
             except PickFailed as failed:
                 raise PickError(failed.code, failed.details) from None
             if result is not None:
@@ -535,6 +576,7 @@ class BalancedSyncChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
                     return sc, result.done, remaining
                 continue  # removed since the picker was built: a newer picker is coming
             remaining = None if deadline is None else deadline - time.monotonic()
+            waited = True
             if (remaining is not None and remaining <= 0) or not core.wait_for_picker_sync(
                 generation, remaining
             ):
@@ -549,18 +591,28 @@ class BalancedSyncChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
     def subscribe(
         self, callback: Callable[[Connectivity], None], try_to_connect: bool = False
     ) -> None:
-        """Call ``callback(state)`` now and on every aggregate connectivity change."""
+        """Call ``callback(state)`` with the current aggregate connectivity, then once per
+        change of it (transitions only), as grpcio does.
+
+        Callbacks run on the channel's own thread, never the caller's, one at a time and in
+        order; keep them short (they hold up the resolver and the policy).
+        """
         with self._lock:
-            self._subscribers.append(callback)
-        callback(self._core.connectivity)
+            self._subscribers.append([callback, None])
+        with contextlib.suppress(RuntimeError):  # the loop is closed: so is the channel
+            self._loop.call_soon_threadsafe(self._deliver)
 
     def unsubscribe(self, callback: Callable[[Connectivity], None]) -> None:
+        """Stop calling ``callback``."""
         with self._lock:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
+            for index, entry in enumerate(self._subscribers):
+                if entry[0] == callback:
+                    del self._subscribers[index]
+                    return
 
     def close(self) -> None:
-        """Close every endpoint (cancelling in-flight calls, as grpcio does) and stop."""
+        """Refuse new calls, close every endpoint (cancelling calls in flight, as grpcio
+        does) and stop the channel's thread. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -575,7 +627,7 @@ class BalancedSyncChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
         if not self._thread.is_alive():
             self._loop.close()
 
-    def __enter__(self) -> BalancedSyncChannel:
+    def __enter__(self) -> BalancedChannel:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

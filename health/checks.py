@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from health.service import AioHealthService, HealthService
+from health import aio
+from health.service import HealthService
 
 _LOG = logging.getLogger(__name__)
 
@@ -63,10 +64,10 @@ class CheckResult:
 
 
 class CheckRunner:
-    """Runs ``checks`` periodically and sets statuses on ``health``."""
+    """Runs ``checks`` periodically and sets statuses on ``health`` (sync or aio service)."""
 
     def __init__(
-        self, health: AioHealthService | HealthService, checks: Iterable[ServiceCheck]
+        self, health: aio.HealthService | HealthService, checks: Iterable[ServiceCheck]
     ) -> None:
         self._health = health
         self._checks = list(checks)
@@ -140,7 +141,7 @@ class CheckRunner:
         if self._published.get(service) == ok:
             return
         self._published[service] = ok
-        if isinstance(self._health, AioHealthService):
+        if isinstance(self._health, aio.HealthService):
             await self._health.set(service, ok)
         else:
             self._health.set(service, ok)

@@ -1,7 +1,7 @@
 """Serving side of ``grpc.health.v1``: a small API over grpcio-health-checking's servicers.
 
 ``HealthService`` wraps ``grpc_health.v1.health.HealthServicer`` for a sync ``grpc.Server``;
-``AioHealthService`` wraps ``grpc_health.v1.health.aio.HealthServicer`` for a
+its twin ``health.aio.HealthService`` wraps ``grpc_health.v1.health.aio.HealthServicer`` for a
 ``grpc.aio.Server``. Both keep the upstream servicers (and their generated protos) and add:
 
 - ``set(service, True | False | ServingStatus)``; ``""`` is the whole server;
@@ -14,15 +14,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health as _health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from health._deprecated import former_names
 
 OVERALL = ""
 """The service name that stands for the whole server."""
@@ -49,8 +50,9 @@ def to_status(value: bool | int) -> ServingStatus:
         raise ValueError(f"not a grpc.health.v1 serving status: {value!r}") from None
 
 
-class _StatusTable:
-    """The statuses we set, mirrored so they can be read without upstream's private fields."""
+class StatusTable:
+    """The statuses we set, mirrored so they can be read without upstream's private fields
+    (shared by the sync and the aio service)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -96,7 +98,7 @@ class _StatusTable:
 class _ClosableServicer(_health.HealthServicer):  # type: ignore[misc]
     """Upstream sync servicer that can end its non-blocking Watch streams."""
 
-    def __init__(self, table: _StatusTable, **kwargs: Any) -> None:
+    def __init__(self, table: StatusTable, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._table = table
         self._watches_lock = threading.Lock()
@@ -148,7 +150,7 @@ class HealthService:
     """
 
     def __init__(self, *, experimental_thread_pool: Any = None) -> None:
-        self._table = _StatusTable()
+        self._table = StatusTable()
         self._servicer = _ClosableServicer(
             self._table,
             experimental_non_blocking=True,
@@ -196,90 +198,17 @@ class HealthService:
         self._servicer.close_watches()
 
 
-class _ClosableAioServicer(_health.aio.HealthServicer):  # type: ignore[misc]
-    """Upstream asyncio servicer that can end its Watch streams.
+def _aio_health_service() -> Any:
+    from health.aio.service import HealthService as AioHealthService
 
-    The upstream Watch loops forever; it runs here as a child task raced against a "closed"
-    event, and is cancelled (by us, its parent) when the event wins. The handler's own
-    cancellation (client gone, server stop) propagates untouched.
-    """
-
-    def __init__(self, table: _StatusTable) -> None:
-        super().__init__()
-        self._table = table
-        self._closed: asyncio.Event | None = None  # made on the server's loop, lazily
-
-    def _closed_event(self) -> asyncio.Event:
-        if self._closed is None:
-            self._closed = asyncio.Event()
-        return self._closed
-
-    async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> None:
-        closed = self._closed_event()
-        if closed.is_set():
-            # Draining: answer the current status once and end the stream, so the client
-            # learns NOT_SERVING and stop(grace) does not wait on it.
-            status = self._table.status_of(request.service)
-            await context.write(health_pb2.HealthCheckResponse(status=int(status)))
-            return
-        inner = asyncio.ensure_future(super().Watch(request, context))
-        closing = asyncio.ensure_future(closed.wait())
-        try:
-            await asyncio.wait({inner, closing}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            inner.cancel()
-            closing.cancel()
-            await asyncio.gather(inner, closing, return_exceptions=True)
-        if not inner.cancelled():
-            inner.result()  # re-raise what the upstream Watch raised, if anything
-
-    def close_watches(self) -> None:
-        self._closed_event().set()
+    return AioHealthService
 
 
-class AioHealthService:
-    """``grpc.health.v1.Health`` for a ``grpc.aio.Server``; use it on the server's loop.
+if TYPE_CHECKING:  # the former name, typed
+    from health.aio import service as _aio_service
 
-    The whole server (``""``) starts SERVING; other services are unknown until set.
-    """
-
-    def __init__(self) -> None:
-        self._table = _StatusTable()
-        self._servicer = _ClosableAioServicer(self._table)
-
-    @property
-    def servicer(self) -> Any:
-        """The upstream aio ``HealthServicer`` (to register it yourself)."""
-        return self._servicer
-
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        """Register the health service on ``server`` (before ``await server.start()``)."""
-        health_pb2_grpc.add_HealthServicer_to_server(self._servicer, server)
-
-    async def set(self, service: str, status: bool | ServingStatus) -> None:
-        """Set one service's status (``""``: the whole server). Ignored once shutting down."""
-        value = to_status(status)
-        if self._table.update(service, value):
-            await self._servicer.set(service, int(value))
-
-    async def set_all(self, status: bool | ServingStatus) -> None:
-        """Set every service ever set, and ``""``, to ``status``."""
-        for service in self._table.services():
-            await self.set(service, status)
-
-    def statuses(self) -> dict[str, ServingStatus]:
-        """What ``Check`` answers now, per service name."""
-        return self._table.snapshot()
-
-    @property
-    def shutting_down(self) -> bool:
-        return self._table.shutting_down
-
-    async def enter_graceful_shutdown(self) -> None:
-        """Every service NOT_SERVING, permanently: later ``set`` calls are ignored."""
-        self._table.shut_down()
-        await self._servicer.enter_graceful_shutdown()
-
-    def close_watches(self) -> None:
-        """End open ``Watch`` streams (OK) and every later one after its first answer."""
-        self._servicer.close_watches()
+    AioHealthService = _aio_service.HealthService
+else:  # hidden from type checkers, which would otherwise accept any name of this module
+    __getattr__ = former_names(
+        "health.service", {"AioHealthService": ("health.aio.HealthService", _aio_health_service)}
+    )

@@ -11,24 +11,27 @@ One watcher per endpoint channel, for one service name (``""``: the whole server
   endpoint counts as healthy; logged once, and the watcher returns.
 
 ``on_change(verdict, reason)`` is called only when the verdict changes, from the watcher's
-task (aio) or thread (sync); ``reason`` explains it, for error messages. ``WatchState`` and
-``Backoff`` hold all of that logic without I/O, shared by ``watch_health`` (``grpc.aio``) and
-``watch_health_blocking`` (sync ``grpc.Channel``, in a thread of yours until ``stop`` is set).
+thread (sync) or task (aio); ``reason`` explains it, for error messages. ``WatchState`` and
+``Backoff`` hold all of that logic without I/O, shared by ``watch_health`` (a sync
+``grpc.Channel``, in a thread of yours until ``stop`` is set) and its twin
+``health.aio.watch_health`` (a ``grpc.aio.Channel``, as a task).
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import random
 import threading
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import grpc
 from grpc_health.v1 import health_pb2
+
+from health._deprecated import former_names
 
 _LOG = logging.getLogger(__name__)
 
@@ -160,7 +163,8 @@ class WatchState:
         return Transition(verdict, reason)
 
 
-def _log_disabled(label: str, service: str) -> None:
+def log_disabled(label: str, service: str) -> None:
+    """Say once that ``label`` has no health service, so checking is off for it."""
     _LOG.info(
         "health checking disabled for %s (service %r): the server does not implement "
         "grpc.health.v1.Health; treating it as healthy",
@@ -169,54 +173,13 @@ def _log_disabled(label: str, service: str) -> None:
     )
 
 
-def _request(service: str) -> Any:
+def watch_request(service: str) -> Any:
+    """The ``Health/Watch`` request for ``service``."""
     return health_pb2.HealthCheckRequest(service=service)
 
 
-async def watch_health(
-    channel: grpc.aio.Channel,
-    service: str,
-    on_change: OnChange,
-    *,
-    initial_backoff: float = 1.0,
-    max_backoff: float = 120.0,
-    multiplier: float = 1.6,
-    jitter: float = 0.2,
-    label: str = "",
-    rng: Callable[[], float] = random.random,
-) -> None:
-    """Watch ``service``'s health over ``channel`` until cancelled (or DISABLED).
-
-    ``label`` names the endpoint in logs. Cancellation cancels the open stream and propagates.
-    """
-    state = WatchState(Backoff(initial_backoff, max_backoff, multiplier, jitter, rng))
-    method = channel.unary_stream(
-        WATCH_METHOD,
-        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-        response_deserializer=health_pb2.HealthCheckResponse.FromString,
-    )
-    request = _request(service)
-    while True:
-        state.stream_started()
-        call = method(request)
-        try:
-            async for response in call:
-                _emit(on_change, state.on_message(response.status))
-            code, details = await call.code(), await call.details()
-        except grpc.aio.AioRpcError as err:
-            code, details = err.code(), err.details() or ""
-        finally:
-            call.cancel()  # a no-op once finished; frees the stream if we were cancelled
-        transition, delay = state.on_stream_end(code, details)
-        _emit(on_change, transition)
-        if delay is None:
-            _log_disabled(label, service)
-            return
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-
-def watch_health_blocking(
+@overload
+def watch_health(
     channel: grpc.Channel,
     service: str,
     on_change: OnChange,
@@ -228,16 +191,94 @@ def watch_health_blocking(
     jitter: float = 0.2,
     label: str = "",
     rng: Callable[[], float] = random.random,
+) -> None: ...
+
+
+@overload
+def watch_health(
+    channel: grpc.aio.Channel,
+    service: str,
+    on_change: OnChange,
+    stop: None = None,
+    *,
+    initial_backoff: float = 1.0,
+    max_backoff: float = 120.0,
+    multiplier: float = 1.6,
+    jitter: float = 0.2,
+    label: str = "",
+    rng: Callable[[], float] = random.random,
+) -> Coroutine[Any, Any, None]: ...
+
+
+def watch_health(
+    channel: Any,
+    service: str,
+    on_change: OnChange,
+    stop: threading.Event | None = None,
+    *,
+    initial_backoff: float = 1.0,
+    max_backoff: float = 120.0,
+    multiplier: float = 1.6,
+    jitter: float = 0.2,
+    label: str = "",
+    rng: Callable[[], float] = random.random,
+) -> Coroutine[Any, Any, None] | None:
+    """Watch ``service``'s health over the sync ``channel`` until ``stop`` is set or the
+    server turns out not to implement health checking (DISABLED). Run it in a thread.
+
+    It returns soon after ``stop`` is set (the open stream is cancelled then). ``label``
+    names the endpoint in logs. For a ``grpc.aio`` channel, use ``health.aio.watch_health``;
+    given one here with no ``stop`` (this name's former use), it still returns that
+    coroutine, with a ``DeprecationWarning``.
+    """
+    if stop is None:
+        if not isinstance(channel, grpc.aio.Channel):
+            raise TypeError("watch_health() needs stop, a threading.Event that ends the watch")
+        warnings.warn(
+            "health.watch_health watches a sync grpc.Channel in a thread; for a grpc.aio "
+            "channel use health.aio.watch_health",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from health.aio.watch import watch_health as aio_watch_health
+
+        return aio_watch_health(
+            channel,
+            service,
+            on_change,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+            multiplier=multiplier,
+            jitter=jitter,
+            label=label,
+            rng=rng,
+        )
+    _watch_blocking(
+        channel,
+        service,
+        on_change,
+        stop,
+        Backoff(initial_backoff, max_backoff, multiplier, jitter, rng),
+        label,
+    )
+    return None
+
+
+def _watch_blocking(
+    channel: grpc.Channel,
+    service: str,
+    on_change: OnChange,
+    stop: threading.Event,
+    backoff: Backoff,
+    label: str,
 ) -> None:
-    """The sync twin of ``watch_health``: run it in a thread; it returns soon after ``stop``
-    is set (the open stream is cancelled then), or when health checking is DISABLED."""
-    state = WatchState(Backoff(initial_backoff, max_backoff, multiplier, jitter, rng))
+    state = WatchState(backoff)
     method = channel.unary_stream(
         WATCH_METHOD,
         request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
         response_deserializer=health_pb2.HealthCheckResponse.FromString,
     )
-    request = _request(service)
+    request = watch_request(service)
     lock = threading.Lock()
     current: list[Any] = []  # the open call; guarded by lock
     finished = threading.Event()
@@ -268,7 +309,7 @@ def watch_health_blocking(
                 current[:] = [call]
             try:
                 for response in call:
-                    _emit(on_change, state.on_message(response.status))
+                    emit(on_change, state.on_message(response.status))
                 code, details = call.code(), call.details() or ""
             except grpc.RpcError as err:
                 code, details = err.code(), err.details() or ""
@@ -277,9 +318,9 @@ def watch_health_blocking(
             if stop.is_set():
                 return
             transition, delay = state.on_stream_end(code, details)
-            _emit(on_change, transition)
+            emit(on_change, transition)
             if delay is None:
-                _log_disabled(label, service)
+                log_disabled(label, service)
                 return
             if delay > 0 and stop.wait(delay):
                 return
@@ -287,6 +328,15 @@ def watch_health_blocking(
         finished.set()
 
 
-def _emit(on_change: OnChange, transition: Transition | None) -> None:
+def emit(on_change: OnChange, transition: Transition | None) -> None:
+    """Report ``transition`` to ``on_change``, if there is one."""
     if transition is not None:
         on_change(transition.verdict, transition.reason)
+
+
+if TYPE_CHECKING:  # the former name, typed
+    watch_health_blocking = watch_health
+else:  # hidden from type checkers, which would otherwise accept any name of this module
+    __getattr__ = former_names(
+        "health.watch", {"watch_health_blocking": ("health.watch_health", lambda: watch_health)}
+    )

@@ -1,8 +1,10 @@
-"""Balanced ``grpc.aio`` channels.
+"""Balanced ``grpc.aio`` channels: the asyncio twin of ``balancers``, under the same names.
 
 Replace ``grpc.aio.insecure_channel("dns:///svc:50051")`` by
 ``balancers.aio.insecure_channel("dns:///svc:50051")``: the same stubs work, and calls are
-spread over every address the resolver finds, following them as they change.
+spread over every address the resolver finds, following them as they change. ``import
+balancers`` is enough (as ``import grpc`` gives ``grpc.aio``); what the twins share
+(``RetryPolicy``, the policy contract) is in ``balancers`` only.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def insecure_channel(
     ``health.OutlierConfig``. ``retry`` (a ``balancers.RetryPolicy``) retries unary-unary and
     unary-stream calls that fail before the server answered (streaming-request calls get one
     attempt); None, the default, keeps calls on grpcio's own call objects with no added cost.
-    Must be called with an event loop running.
+    May be called with no event loop running (at import time): the channel then binds to the
+    loop of its first use.
     """
     settings = settings_from(
         lb_policy,

@@ -8,10 +8,10 @@ from typing import Any
 
 import grpc
 
-from balancers._base import READY, SHUTDOWN, Connectivity, PickFailed, PickInfo
+from balancers._base import READY, Connectivity, PickFailed, PickInfo
 from balancers._calls import aio_call_code
 from balancers._channel_api import ChannelMethods
-from balancers._core import ChannelCore, ChannelSettings, channel_options
+from balancers._core import ChannelClosed, ChannelCore, ChannelSettings, channel_options
 from balancers._subchannel import (
     AioSubchannel,
     StateListener,
@@ -21,6 +21,14 @@ from balancers._subchannel import (
 from balancers.aio._deferred import DEFERRED_BY_KIND
 from balancers.aio._retrying import RETRYING_BY_KIND
 from resolvers import Address
+
+CLOSED_MESSAGE = "Channel is closed."
+"""What ``grpc.aio`` says (in a ``grpc.aio.UsageError``) about a call on a closed channel."""
+
+
+def closed_error() -> grpc.aio.UsageError:
+    """The error ``grpc.aio`` raises for a call on a closed channel."""
+    return grpc.aio.UsageError(CLOSED_MESSAGE)
 
 
 class _MultiCallable:
@@ -51,6 +59,8 @@ class _MultiCallable:
         info = self._info if metadata is None else PickInfo(self._method, metadata)
         try:
             result = core.pick_now(info, bool(wait_for_ready))
+        except ChannelClosed:
+            raise closed_error() from None
         except PickFailed:
             result = None  # the deferred call turns the same pick into an AioRpcError
         if result is None:
@@ -118,6 +128,8 @@ class _RetryingMultiCallable(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
+        if self._core.closed:
+            raise closed_error()
         return RETRYING_BY_KIND[self._kind](
             self._core,
             self._kind,
@@ -144,7 +156,13 @@ class BalancedChannel(ChannelMethods, grpc.aio.Channel):  # type: ignore[misc]
     """A ``grpc.aio.Channel`` whose calls are spread over the endpoints a resolver finds.
 
     Build it with :func:`balancers.aio.insecure_channel` or :func:`balancers.aio.secure_channel`.
-    Needs a running event loop at construction, like ``grpc.aio`` channels in practice.
+    Built while an event loop runs, it binds to that loop and starts resolving at once; built
+    with none running (at import time, in a sync constructor), it binds to the loop of its
+    first use: a call, ``async with``, ``channel_ready()``, ``wait_for_state_change()`` or
+    ``get_state(try_to_connect=True)``. Once bound, it serves that loop only.
+
+    As with ``grpc.aio``, a call on a closed channel raises ``grpc.aio.UsageError``, and a call
+    still waiting for an endpoint when the channel closes is cancelled.
     """
 
     _multicallable_types = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
@@ -158,18 +176,10 @@ class BalancedChannel(ChannelMethods, grpc.aio.Channel):  # type: ignore[misc]
         compression: grpc.Compression | None = None,
         interceptors: Sequence[Any] | None = None,
     ) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            # The resolver and the endpoint watchers are tasks on this loop: there must be one.
-            raise RuntimeError(
-                "balancers.aio channels need a running event loop: create them inside async "
-                "code (e.g. in main()), or use the sync balancers.insecure_channel"
-            ) from None
         self._credentials = credentials
         self._compression = compression
         self._interceptors = list(interceptors) if interceptors else None
-        self._core = ChannelCore(target, self._make_subchannel, settings, loop)
+        self._core = ChannelCore(target, self._make_subchannel, settings)
         self._multicallable_owner = self._core
         if settings.retry is not None:  # request-streaming calls are never retried
             self._multicallable_types = (
@@ -179,9 +189,10 @@ class BalancedChannel(ChannelMethods, grpc.aio.Channel):  # type: ignore[misc]
                 _StreamStream,
             )
         self._options = channel_options(options, self._core.target)
-        self._state_event = asyncio.Event()
+        self._state_event: asyncio.Event | None = None  # made on the loop, when awaited
         self._core.add_state_watcher(self._on_core_state)
-        self._core.start()
+        if _loop_running():
+            self._core.start()
 
     def _make_subchannel(
         self,
@@ -206,8 +217,14 @@ class BalancedChannel(ChannelMethods, grpc.aio.Channel):  # type: ignore[misc]
         )
 
     def _on_core_state(self) -> None:
-        event, self._state_event = self._state_event, asyncio.Event()
-        event.set()
+        event, self._state_event = self._state_event, None
+        if event is not None:
+            event.set()
+
+    async def _next_state(self) -> None:
+        if self._state_event is None:
+            self._state_event = asyncio.Event()
+        await self._state_event.wait()
 
     @property
     def core(self) -> ChannelCore:
@@ -217,32 +234,54 @@ class BalancedChannel(ChannelMethods, grpc.aio.Channel):  # type: ignore[misc]
     # -- grpc.aio.Channel ----------------------------------------------------------------------
 
     def get_state(self, try_to_connect: bool = False) -> Connectivity:
-        """The aggregate connectivity of the endpoints (gRPC's rule)."""
+        """The aggregate connectivity of the endpoints (gRPC's rule); IDLE until bound.
+
+        ``try_to_connect`` binds the channel to the running loop, if one runs.
+        """
+        if try_to_connect and not self._core.started and _loop_running():
+            self._core.ensure_started()
         return self._core.connectivity
 
     async def wait_for_state_change(self, last_observed_state: Connectivity) -> None:
-        """Return once the state differs from ``last_observed_state``."""
-        while self._core.connectivity == last_observed_state:
-            await self._state_event.wait()
+        """Return once the state differs from ``last_observed_state``.
+
+        Raises ``grpc.aio.UsageError`` if the channel is or gets closed, as ``grpc.aio`` does.
+        """
+        self._bind()
+        while self._core.connectivity == last_observed_state and not self._core.closed:
+            await self._next_state()
+        if self._core.closed:
+            raise closed_error()
 
     async def channel_ready(self) -> None:
-        """Return once some endpoint is READY."""
+        """Return once some endpoint is READY; ``grpc.aio.UsageError`` once closed."""
+        self._bind()
         while self._core.connectivity is not READY:
-            if self._core.connectivity is SHUTDOWN:
-                raise RuntimeError("channel closed")
-            await self._state_event.wait()
+            if self._core.closed:
+                raise closed_error()
+            await self._next_state()
 
     async def close(self, grace: float | None = None) -> None:
-        """Stop resolving and close every endpoint, letting calls finish for ``grace`` s."""
-        if grace:
-            await asyncio.gather(
-                *(sc.channel.close(grace) for sc in self._core.subchannels),
-                return_exceptions=True,
-            )
-        await self._core.aclose()
+        """Refuse new calls, end those waiting for an endpoint, stop resolving and close every
+        endpoint, letting calls in flight finish for ``grace`` seconds (None: cancel them)."""
+        await self._core.aclose(grace)
+
+    def _bind(self) -> None:
+        if self._core.closed:
+            raise closed_error()
+        self._core.ensure_started()
 
     async def __aenter__(self) -> BalancedChannel:
+        self._core.ensure_started()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close(None)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

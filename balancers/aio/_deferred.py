@@ -16,7 +16,7 @@ from grpc.aio import AioRpcError, Metadata
 
 from balancers._base import PickFailed, PickInfo
 from balancers._calls import aio_call_code
-from balancers._core import ChannelCore
+from balancers._core import CLOSED_DETAILS, ChannelClosed, ChannelCore
 
 
 class DeferredCall:
@@ -35,6 +35,7 @@ class DeferredCall:
         wait_for_ready: bool | None,
         compression: Any,
     ) -> None:
+        core.ensure_started()  # a channel built outside a loop binds on its first call
         self._loop = asyncio.get_running_loop()
         self._core = core
         self._deadline = None if timeout is None else self._loop.time() + timeout
@@ -77,7 +78,8 @@ class DeferredCall:
     ) -> Any:
         """Pick an endpoint (waiting if need be) and start grpcio's call on it.
 
-        A pick that fails, or a deadline reached while waiting, raises ``AioRpcError``.
+        A pick that fails, or a deadline reached while waiting, raises ``AioRpcError``; so
+        does the channel closing meanwhile, which also marks the call cancelled.
         """
         core = self._core
         info = PickInfo(method, metadata)
@@ -91,6 +93,10 @@ class DeferredCall:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError
                 await asyncio.wait_for(event.wait(), remaining)
+        except ChannelClosed:
+            # grpcio cancels the calls of a channel being closed: awaiting raises CancelledError.
+            self._locally_cancelled = True
+            raise _rpc_error(grpc.StatusCode.CANCELLED, CLOSED_DETAILS) from None
         except PickFailed as failed:
             raise _rpc_error(failed.code, failed.details) from None
         except TimeoutError:
@@ -217,7 +223,7 @@ class DeferredCall:
         except AioRpcError as error:
             return error.details() or ""
         except asyncio.CancelledError:
-            return "cancelled"
+            return "cancelled" if self._error is None else self._error.details() or ""
         return await real.details()  # type: ignore[no-any-return]
 
     async def debug_error_string(self) -> str:

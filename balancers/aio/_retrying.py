@@ -42,8 +42,12 @@ class _RetryingCall(DeferredCall):
                     error = await self._outcome(real)
                 except AioRpcError as failed:
                     error = failed
-                if error is None or not policy.should_retry(
-                    error.code(), bool(error.initial_metadata()), attempt
+                if (
+                    error is None
+                    or self._core.closed  # a closing channel ends its calls, never retries
+                    or not policy.should_retry(
+                        error.code(), bool(error.initial_metadata()), attempt
+                    )
                 ):
                     if real is None:
                         self._settle(error)
@@ -63,6 +67,8 @@ class _RetryingCall(DeferredCall):
         except asyncio.CancelledError:
             if self._attempt is not None:
                 self._attempt.cancel()
+            if self._core.closed:  # the close cancelled the attempt: the call is cancelled
+                self._locally_cancelled = True
             if not self._ready.done():
                 self._fail(grpc.StatusCode.CANCELLED, "cancelled")
             raise
