@@ -24,7 +24,7 @@ otherwise.
 
 Signals:
 
-- SIGTERM / SIGINT: drain (:class:`health.GracefulDrain`): not ready and NOT_SERVING at once,
+- SIGTERM / SIGINT: drain (:class:`health.aio.GracefulDrain`): not ready and NOT_SERVING at once,
   ``drain.drain_delay`` of normal serving, then listeners stop accepting and calls in flight
   get ``drain.grace_period``; then channels close and the process exits 0. A second signal
   stops at once (exit 1).

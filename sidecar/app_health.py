@@ -16,7 +16,9 @@ from collections.abc import Callable
 
 import grpc
 
-from health import AioHealthService, HealthVerdict, watch_health
+from health import HealthVerdict
+from health.aio import HealthService as AioHealthService
+from health.aio import watch_health
 from sidecar.config import AppHealthConfig
 
 __all__ = ["AppHealth", "LocalHealth"]

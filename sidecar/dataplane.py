@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from health import AioHealthService
+from health.aio import HealthService as AioHealthService
 from sidecar.config import SidecarConfig
 
 __all__ = ["ApplyError", "Choice", "DataPlane", "PlaneContext", "StartError", "build", "choose"]

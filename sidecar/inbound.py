@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from health import AioHealthService
+from health.aio import HealthService as AioHealthService
 from sidecar import proxy
 from sidecar.app_health import AppHealth, LocalHealth
 from sidecar.auth import MISSING_TOKEN, TokenAuth

@@ -1,6 +1,6 @@
 """Process lifecycle pieces: the drain of several servers, the config file watch, tasks.
 
-The drain itself is :class:`health.GracefulDrain` (NOT_SERVING, ``drain_delay``, end health
+The drain itself is :class:`health.aio.GracefulDrain` (NOT_SERVING, ``drain_delay``, end health
 ``Watch`` streams, ``stop(grace)``, a second signal stops at once); :class:`ServerGroup` lets it
 stop the outbound and inbound servers together, as one.
 """
@@ -38,7 +38,8 @@ def file_signature(path: str) -> FileSignature | None:
 
 
 class ServerGroup:
-    """Several ``grpc.aio`` servers stopped together (what :class:`health.GracefulDrain` drives)."""
+    """Several ``grpc.aio`` servers stopped together (what :class:`health.aio.GracefulDrain`
+    drives)."""
 
     def __init__(self, servers: list[grpc.aio.Server]) -> None:
         self._servers = servers

@@ -666,7 +666,16 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             attempt += 1
             if replay is not None:
                 request = replay.next_attempt()
-            call = multicallable(request, timeout=self._attempt_timeout(deadline), metadata=headers)
+            try:
+                call = multicallable(
+                    request, timeout=self._attempt_timeout(deadline), metadata=headers
+                )
+            except grpc.aio.UsageError:
+                # its cluster was retired by a reload and closed after the grace: nothing
+                # was sent, so the caller may safely retry (as gRPC's UNAVAILABLE says)
+                context.set_code(grpc.StatusCode.UNAVAILABLE)
+                context.set_details(f"cluster {upstream.name}: replaced by a config reload")
+                return None
             try:
                 response = await call
             except grpc.aio.AioRpcError as error:
@@ -721,7 +730,16 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             attempt += 1
             if replay is not None:
                 request = replay.next_attempt()
-            call = multicallable(request, timeout=self._attempt_timeout(deadline), metadata=headers)
+            try:
+                call = multicallable(
+                    request, timeout=self._attempt_timeout(deadline), metadata=headers
+                )
+            except grpc.aio.UsageError:
+                # its cluster was retired by a reload and closed after the grace: nothing
+                # was sent, so the caller may safely retry (as gRPC's UNAVAILABLE says)
+                context.set_code(grpc.StatusCode.UNAVAILABLE)
+                context.set_details(f"cluster {upstream.name}: replaced by a config reload")
+                return None
             try:
                 await self._relay(call, context)
                 return

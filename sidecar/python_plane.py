@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from health import AioHealthService
+from health.aio import HealthService as AioHealthService
 from sidecar.clusters import ClusterSet, build_router
 from sidecar.config import SidecarConfig
 from sidecar.dataplane import ApplyError, DataPlane, PlaneContext, StartError

@@ -38,7 +38,7 @@ from typing import Any
 
 import grpc
 
-from health import AioHealthService
+from health.aio import HealthService as AioHealthService
 from sidecar.app_health import LocalHealth
 from sidecar.auth import parse_tokens
 from sidecar.config import ListenAddress, SidecarConfig

@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.envoy import INSTALL_HINT, find_envoy
-from health import AioHealthService
+from health.aio import HealthService as AioHealthService
 from sidecar.config import SidecarConfig, parse_config
 from sidecar.envoy.translate import (
     RUNTIME,

@@ -21,13 +21,9 @@ from typing import Any
 
 import grpc
 
-from health import (
-    AioHealthService,
-    DrainConfig,
-    GracefulDrain,
-    HealthService,
-    SyncGracefulDrain,
-)
+from health import DrainConfig, GracefulDrain, HealthService
+from health.aio import GracefulDrain as AioGracefulDrain
+from health.aio import HealthService as AioHealthService
 from tests.support.echo import EchoReply, EchoServicer, echo_pb2_grpc
 
 FORCED_EXIT = 3
@@ -51,7 +47,7 @@ async def serve_aio(config: DrainConfig) -> int:
         if what == "stopping":
             say(f"ACTIVE {servicer.active}")
 
-    drain = GracefulDrain(server, health, config, on_event=on_event)
+    drain = AioGracefulDrain(server, health, config, on_event=on_event)
     drain.install_signal_handlers()
     await server.start()
     say(f"PORT {port}")
@@ -102,7 +98,7 @@ def serve_sync(config: DrainConfig) -> int:
             with servicer.lock:
                 say(f"ACTIVE {servicer.active}")
 
-    drain = SyncGracefulDrain(server, health, config, on_event=on_event)
+    drain = GracefulDrain(server, health, config, on_event=on_event)
     drain.install_signal_handlers()
     server.start()
     say(f"PORT {port}")
