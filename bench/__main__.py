@@ -1,8 +1,10 @@
-"""``python -m bench``: the proxy suite (h2load through proxies) and the channel suite.
+"""``python -m bench``: the proxy suite (h2load through proxies), the channel suite and the
+discovery suite (resolver change to first call through the sidecar).
 
-    python -m bench --quick                  # proxy suite, < 1 minute
+    python -m bench --quick                  # proxy suite, main targets, < 1 minute
     python -m bench                          # proxy suite, 3 interleaved repeats of 5 s
     python -m bench --suite channel          # in-process balanced channel + DNS scale-up
+    python -m bench --suite discovery        # resolver change -> first call, both data planes
     python -m bench --suite all --targets direct,envoy-1w
 
 Results: a table on stdout and ``bench/results/latest.json``. Exit status 1 when a run failed its
@@ -23,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from bench import channel, envoy, h2load, report
+from bench import channel, discovery, envoy, h2load, report
 from bench.backend import Backend, start_backend
 from bench.procs import ChildFailed, Children, install_signal_handlers
 from bench.proxy import CASES, Case, Runner, RunResult, Settings, schedule
@@ -39,16 +41,26 @@ ALL_TARGETS = (
     "meshkit-kinds",
     "meshkit-2w",
     "meshkit-2w-kinds",
+    "meshkit-envoy",
+    "meshkit-envoy-2w",
 )
+#: ``--quick`` without ``--targets``: the limit, the reference and the sidecar on each plane.
+QUICK_TARGETS = ("direct", "envoy-1w", "meshkit", "meshkit-envoy")
 #: Optional targets: ``meshkit-base`` needs ``--baseline-tree``.
 EXTRA_TARGETS = ("meshkit-base",)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    p.add_argument("--suite", choices=("proxy", "channel", "all"), default="proxy")
-    p.add_argument("--quick", action="store_true", help="short runs, one repeat (< 1 minute)")
-    p.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma separated")
+    p.add_argument("--suite", choices=("proxy", "channel", "discovery", "all"), default="proxy")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="short runs, one repeat, targets " + ",".join(QUICK_TARGETS) + " (< 1 minute)",
+    )
+    p.add_argument(
+        "--targets", help="comma separated (default: all but meshkit-base; --quick: fewer)"
+    )
     p.add_argument(
         "--cases", default=",".join(c.name for c in CASES), help="comma separated proxy cases"
     )
@@ -72,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--channel-concurrency", type=int, default=32)
     p.add_argument("--scale-window", type=float, help="seconds to wait for the new backend (20)")
+    p.add_argument(
+        "--discovery-interval",
+        type=float,
+        default=0.002,
+        help="seconds between the discovery client's calls (default %(default)s)",
+    )
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     p.add_argument("--keep-logs", action="store_true", help="keep the work directory")
     return p
@@ -106,6 +124,11 @@ def _make_targets(names: list[str], args: argparse.Namespace) -> list[Target]:
             out.append(Meshkit(name, 1, list(args.sidecar_arg), {}, str(REPO), kinds=True))
         elif name == "meshkit-2w-kinds":
             out.append(Meshkit(name, 2, list(args.sidecar_arg), {}, str(REPO), kinds=True))
+        elif name in ("meshkit-envoy", "meshkit-envoy-2w"):
+            workers = 2 if name.endswith("-2w") else 1
+            out.append(
+                Meshkit(name, workers, list(args.sidecar_arg), {}, str(REPO), data_plane="envoy")
+            )
         elif name == "meshkit-base":
             if args.baseline_tree is None:
                 raise SystemExit("target meshkit-base needs --baseline-tree DIR")
@@ -147,6 +170,7 @@ def _measure_all(
             "description": target.description,
             "endpoints": target.endpoints,
             "rss_idle_kib": target.rss_idle_kib,
+            "rss_idle_kib_by_command": target.rss_idle_parts,
         }
         print(f"[bench] {target.name}: {target.description} at {target.endpoints}", flush=True)
 
@@ -184,7 +208,8 @@ def run_proxy_suite(
     cases = [c for c in CASES if c.name in case_names]
     if len(cases) != len(case_names):
         raise SystemExit(f"unknown case in {case_names}; known: {[c.name for c in CASES]}")
-    targets = _make_targets(args.targets.split(","), args)
+    names = args.targets or ",".join(QUICK_TARGETS if quick else ALL_TARGETS)
+    targets = _make_targets(names.split(","), args)
 
     target_info: dict[str, dict[str, Any]] = {}
     results: list[RunResult] = []
@@ -233,6 +258,7 @@ def run_proxy_suite(
         "summary": report.spreads_as_json(summary),
         "summary_spreads": summary,
         "ratios": report.ratios(summary),
+        "paired_ratios": report.paired_ratios(runs),
     }
 
 
@@ -258,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             doc["channel"] = channel.run_suite(args, procs, workdir, backends)
             print(channel.render(doc["channel"]))
             failed |= not doc["channel"].get("ok", True)
+        if args.suite in ("discovery", "all"):
+            doc["discovery"] = discovery.run_suite(args, procs, workdir, str(REPO))
+            print(discovery.render(doc["discovery"]))
+            failed |= not doc["discovery"]["ok"]
     except ChildFailed as exc:
         print(f"[bench] error: {exc}", file=sys.stderr)
         failed = True

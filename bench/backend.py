@@ -8,7 +8,11 @@
 - ``/bench.Echo/Stats``: returns JSON ``{"unary": n, "stream": n}``, the number of calls that
   completed OK so far (a unary call counts when its reply is handed to grpc, a stream when its last
   message has been written). The harness reads it before and after a load run to check that every
-  success h2load saw is a gRPC success that reached a backend.
+  success h2load saw is a gRPC success that reached a backend;
+- ``/bench.Who/<anything>``: unary, returns JSON ``{"backend": "HOST:PORT", "at": T}``, this
+  backend's address and ``time.monotonic()`` when the call reached it (a system-wide clock on
+  Linux, comparable with the harness's). Any method name, so a sidecar can route
+  ``/bench.Who/Static`` and ``/bench.Who/Dns`` to different clusters (the discovery suite).
 
 Identity serializers throughout: nothing is decoded, so the backend costs as little as grpc.aio
 allows and any payload is fine. The server exits when its parent process goes away, so a killed
@@ -23,17 +27,19 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
 
-from bench.procs import Child, Children
+from bench.procs import Child, ChildFailed, Children
 
 SERVICE = "bench.Echo"
 UNARY = f"/{SERVICE}/Unary"
 STREAM = f"/{SERVICE}/Stream"
 STATS = f"/{SERVICE}/Stats"
+WHO_SERVICE = "bench.Who"
 
 
 class Counters:
@@ -72,6 +78,31 @@ def build_handler(counters: Counters, stream_messages: int) -> grpc.GenericRpcHa
     )
 
 
+class WhoHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """Every ``/bench.Who/*`` method: the backend's address and when the call reached it."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._handler = grpc.unary_unary_rpc_method_handler(self._who)
+
+    async def _who(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return json.dumps({"backend": self.address, "at": time.monotonic()}).encode()
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        if method.startswith(f"/{WHO_SERVICE}/"):
+            return self._handler
+        return None
+
+
+def parse_who(reply: bytes) -> tuple[str, float]:
+    """``(backend address, monotonic time it received the call)`` from a ``bench.Who`` reply."""
+    doc = json.loads(reply)
+    return str(doc["backend"]), float(doc["at"])
+
+
 async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
     # Polling is the portable way to notice re-parenting (prctl PDEATHSIG is Linux-only and
     # unsafe to set from a threaded parent).
@@ -85,10 +116,12 @@ async def serve(host: str, port: int, stream_messages: int) -> None:
     # so_reuseport off: binding an explicit port (the scale-up test's 127.0.0.2:P) must fail
     # loudly on a collision instead of silently sharing the port with another server.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((build_handler(counters, stream_messages),))
+    who = WhoHandler(host)
+    server.add_generic_rpc_handlers((build_handler(counters, stream_messages), who))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise SystemExit(f"backend: cannot bind {host}:{port}")
+    who.address = f"{host}:{bound}"
     await server.start()
     sys.stdout.write(f"port={bound}\n")
     sys.stdout.flush()
@@ -185,6 +218,27 @@ def start_backend(
     child = children.spawn(name, argv, cwd=_repo_root())
     match = child.wait_for(r"^port=(\d+)$", timeout)
     return Backend(child, host, int(match.group(1)))
+
+
+def start_same_port_pair(children: Children, prefix: str) -> tuple[Backend, Backend]:
+    """A backend on 127.0.0.1:P (P from the kernel) and one on 127.0.0.2:P, the same port.
+
+    As two pods behind one DNS name: the records differ, the port does not. Another process may
+    hold P on 127.0.0.2 already; then both are started again on a new port (3 tries).
+    """
+    last: Exception | None = None
+    for attempt in range(3):
+        old = start_backend(children, f"{prefix}-old-{attempt}")
+        try:
+            new = start_backend(
+                children, f"{prefix}-new-{attempt}", host="127.0.0.2", port=old.port
+            )
+        except ChildFailed as exc:
+            last = exc
+            children.stop(old.child)
+            continue
+        return old, new
+    raise ChildFailed(f"no port free on both 127.0.0.1 and 127.0.0.2: {last}")
 
 
 def _repo_root() -> str:

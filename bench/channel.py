@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,7 +31,8 @@ from typing import Any
 
 import grpc
 
-from bench.backend import UNARY, Backend, start_backend
+from bench.backend import UNARY, Backend, start_same_port_pair
+from bench.loopback_dns import ThreadedDns
 from bench.procs import ChildFailed, Children
 from bench.report import table
 from bench.stats import percentile, spread
@@ -265,58 +265,11 @@ def _throughput_run(
     return result
 
 
-class ThreadedDns:
-    """The test-suite DNS server, run on its own event loop thread for the synchronous harness."""
-
-    def __init__(self) -> None:
-        from tests.support.dns_server import DnsServer  # the shared loopback DNS server
-
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="dns", daemon=True)
-        self.thread.start()
-        self.server = DnsServer()
-        self._call(self.server.start())
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10.0)
-
-    def set_a(self, name: str, addresses: list[str], ttl: int = 1) -> None:
-        async def _set() -> None:
-            self.server.set_a(name, addresses, ttl=ttl)
-
-        self._call(_set())
-
-    def a_queries(self, name: str) -> int:
-        return int(self.server.queries[name, "A"])
-
-    def close(self) -> None:
-        try:
-            self._call(self.server.close())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5.0)
-
-
-def _scale_backends(procs: Children) -> tuple[Backend, Backend]:
-    """A backend on 127.0.0.1:P (P from the kernel) and one on 127.0.0.2 with the same port."""
-    last: Exception | None = None
-    for attempt in range(3):
-        old = start_backend(procs, f"scale-old-{attempt}")
-        try:
-            new = start_backend(procs, f"scale-new-{attempt}", host="127.0.0.2", port=old.port)
-        except ChildFailed as exc:  # port taken on 127.0.0.2: try another
-            last = exc
-            procs.stop(old.child)
-            continue
-        return old, new
-    raise ChildFailed(f"no port free on both 127.0.0.1 and 127.0.0.2: {last}")
-
-
 def _scale_run(
     procs: Children, dns: ThreadedDns, old: Backend, new: Backend, kind: str, window: float
 ) -> dict[str, Any]:
     dns.set_a(SCALE_NAME, ["127.0.0.1"], ttl=1)
-    target = f"dns://{dns.server.authority}/{SCALE_NAME}:{old.port}"
+    target = f"dns://{dns.authority}/{SCALE_NAME}:{old.port}"
     out: dict[str, Any] = {"kind": kind, "target": target, "window_s": window}
     child = procs.spawn(
         f"scale-{kind}",
@@ -384,19 +337,15 @@ def run_suite(
             print(f"[bench] channel {kind:9} #{repeat}: {status}", flush=True)
 
     scale: list[dict[str, Any]] = []
+    dns = ThreadedDns()
     try:
-        dns = ThreadedDns()
-    except ImportError as exc:
-        scale.append({"unavailable": f"tests/support/dns_server.py not importable: {exc}"})
-    else:
-        try:
-            old, new = _scale_backends(procs)
-            for kind in SCALE_KINDS:
-                result = _scale_run(procs, dns, old, new, kind, window)
-                scale.append(result)
-                print(f"[bench] scale-up {kind}: {_scale_text(result)}", flush=True)
-        finally:
-            dns.close()
+        old, new = start_same_port_pair(procs, "scale")
+        for kind in SCALE_KINDS:
+            result = _scale_run(procs, dns, old, new, kind, window)
+            scale.append(result)
+            print(f"[bench] scale-up {kind}: {_scale_text(result)}", flush=True)
+    finally:
+        dns.close()
 
     summary: dict[str, Any] = {}
     for kind in KINDS:

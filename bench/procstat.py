@@ -83,6 +83,24 @@ def rss_kib(roots: Iterable[int]) -> int:
     return total
 
 
+def parse_comm(stat_text: str) -> str:
+    """The command name (field 2, without its parentheses) of a /proc/<pid>/stat line."""
+    return stat_text[stat_text.index("(") + 1 : stat_text.rindex(")")]
+
+
+def rss_by_command(roots: Iterable[int]) -> dict[str, int]:
+    """VmRSS (KiB) of the trees under ``roots``, summed per command name (``envoy``,
+    ``sidecar``...): what each member of a process tree holds."""
+    out: dict[str, int] = {}
+    for pid in descendants(roots):
+        stat = _read(f"/proc/{pid}/stat")
+        status = _read(f"/proc/{pid}/status")
+        if stat is not None and status is not None:
+            name = parse_comm(stat)
+            out[name] = out.get(name, 0) + parse_vmrss_kib(status)
+    return out
+
+
 class RssSampler:
     """Samples the peak summed RSS of some process trees in a thread while a run is going."""
 

@@ -20,6 +20,11 @@ METRICS: tuple[tuple[str, str, str], ...] = (
 
 # numerator / denominator pairs shown when both ran
 RATIO_PAIRS: tuple[tuple[str, str], ...] = (
+    ("meshkit-envoy", "envoy-1w"),
+    ("meshkit-envoy-2w", "envoy-2w"),
+    ("meshkit-envoy", "meshkit"),
+    ("meshkit-envoy", "direct"),
+    ("meshkit-envoy-2w", "direct"),
     ("meshkit", "envoy-1w"),
     ("meshkit", "envoy-2w"),
     ("meshkit", "direct"),
@@ -65,6 +70,35 @@ def ratios(
     return out
 
 
+def paired_ratios(
+    runs: Sequence[dict[str, Any]],
+) -> dict[str, dict[str, dict[str, dict[str, float] | None]]]:
+    """``{case: {"a/b": {metric: spread}}}`` of the ratio a/b taken *within* each repeat.
+
+    The two runs of one repeat are minutes closer in time than the medians over repeats, so on
+    a shared machine whose load drifts this ratio is steadier than the ratio of medians.
+    """
+    by_key = {(r["case"], r["target"], r["repeat"]): r for r in runs if r["ok"]}
+    cases = sorted({r["case"] for r in runs})
+    repeats = sorted({r["repeat"] for r in runs})
+    out: dict[str, dict[str, dict[str, dict[str, float] | None]]] = {}
+    for case in cases:
+        for num, den in RATIO_PAIRS:
+            values: dict[str, list[float]] = {m: [] for m in RATIO_METRICS}
+            for repeat in repeats:
+                a, b = by_key.get((case, num, repeat)), by_key.get((case, den, repeat))
+                if a is None or b is None:
+                    continue
+                for m in RATIO_METRICS:
+                    if a[m] is not None and b[m]:
+                        values[m].append(a[m] / b[m])
+            if any(values.values()):
+                out.setdefault(case, {})[f"{num}/{den}"] = {
+                    m: (sp.as_dict() if (sp := spread(v)) else None) for m, v in values.items()
+                }
+    return out
+
+
 def _fmt(s: Spread | None, fmt: str) -> str:
     if s is None:
         return "-"
@@ -94,6 +128,10 @@ def render(doc: dict[str, Any]) -> str:
     for name, info in targets.items():
         if not info["available"]:
             out.append(f"target {name}: unavailable: {info['reason']}")
+        elif len(info.get("rss_idle_kib_by_command") or {}) > 1:
+            parts = info["rss_idle_kib_by_command"]
+            text = " + ".join(f"{cmd} {kib / 1024:.0f}" for cmd, kib in sorted(parts.items()))
+            out.append(f"target {name}: idle RSS {text} MiB")
     summary = doc["summary_spreads"]
     runs = doc["runs"]
     for case in doc["config"]["cases"]:
@@ -117,10 +155,21 @@ def render(doc: dict[str, Any]) -> str:
             )
         if len(rows) > 1:
             out.append(table(rows))
+        paired = doc.get("paired_ratios", {}).get(cname, {})
         for pair, values in doc["ratios"].get(cname, {}).items():
             parts = [f"{m}={values[m]:.2f}" for m in RATIO_METRICS if values[m] is not None]
             if parts:
                 out.append(f"   {pair}: " + "  ".join(parts))
+            within = paired.get(pair, {})
+            if any(v and v["n"] > 1 for v in within.values()):
+                out.append(
+                    "      per repeat: "
+                    + "  ".join(
+                        f"{m}={v['median']:.2f} ({v['min']:.2f}-{v['max']:.2f})"
+                        for m, v in within.items()
+                        if v is not None
+                    )
+                )
     failures = [r for r in runs if not r["ok"]]
     if failures:
         out.append("")

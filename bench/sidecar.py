@@ -3,6 +3,9 @@
 Contract the harness assumes of ``sidecar run --config FILE`` (adjust here when it changes):
 
 - the config is the YAML of ``sidecar.config``; ``sidecar validate --config FILE`` accepts it;
+  it always names its ``data_plane`` (``python``: the grpc.aio relay, ``envoy``: an Envoy child
+  process driven over xDS), since a config without one silently takes Envoy when a binary is
+  found; the sidecar prints ``data_plane=NAME`` and the harness checks it got what it asked;
 - one worker: listeners on ``127.0.0.1:0``, and the sidecar logs a line
   ``listening outbound=127.0.0.1:PORT`` (stdout or stderr; other ``key=host:port`` pairs such as
   ``admin=`` may share the line);
@@ -12,7 +15,9 @@ Contract the harness assumes of ``sidecar run --config FILE`` (adjust here when 
   listen gets no connections), gives that port to the sidecar, whose workers bind it with
   ``SO_REUSEPORT`` (grpcio's default), and waits until the port accepts connections;
 - SIGTERM stops it, with its worker processes (they are in its process group and are counted
-  in CPU and RSS as its descendants).
+  in CPU and RSS as its descendants). The Envoy plane's Envoy runs in its own session but is
+  the sidecar's child: counted as a descendant too, stopped by the sidecar (and killed with it,
+  ``PR_SET_PDEATHSIG``). The harness sets ``drain_delay: 0s`` so a stop takes no 5 s pause.
 
 When ``sidecar run --help`` fails or lacks ``--config``, when ``validate`` rejects the config, or
 when the process exits during start-up, the target is reported unavailable with the reason.
@@ -31,6 +36,10 @@ from typing import Any
 import yaml
 
 LISTENING = re.compile(r"listening\b[^\n]*\boutbound=(?P<host>[\w.:\[\]-]+?):(?P<port>\d+)\b")
+ADMIN = re.compile(r"listening\b[^\n]*\badmin=(?P<host>[\w.:\[\]-]+?):(?P<port>\d+)\b")
+DATA_PLANE = re.compile(r"^data_plane=(?P<name>\w+)", re.MULTILINE)
+#: Stop quickly: no pause before the listeners close, calls in flight get a second.
+FAST_DRAIN = {"drain_delay": "0s", "grace_period": "1s"}
 
 
 def base_command() -> list[str]:
@@ -69,11 +78,13 @@ def config(
     outbound_port: int = 0,
     admin_port: int = 0,
     kinds: bool = False,
+    data_plane: str = "python",
 ) -> dict[str, Any]:
     """Outbound on 127.0.0.1, every path to one round-robin cluster over ``backends``.
 
     ``kinds``: routes declaring the RPC kind of the bench methods (``/bench.Echo/Unary`` is
     unary, ``/bench.Echo/Stream`` server streaming), so the sidecar takes its hinted paths.
+    ``data_plane``: ``python`` or ``envoy`` (``workers`` is then Envoy's ``--concurrency``).
     """
     routes: list[dict[str, Any]] = []
     if kinds:
@@ -90,7 +101,9 @@ def config(
             "routes": routes,
         },
         "clusters": {"backend": {"target": target, "lb_policy": "round_robin"}},
+        "drain": dict(FAST_DRAIN),
         "log_level": "warning",
+        "data_plane": data_plane,
     }
     if workers != 1:
         doc["workers"] = workers
@@ -155,9 +168,16 @@ def environment(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def parse_listening(text: str) -> tuple[str, int] | None:
-    """``(host, port)`` of the outbound listener from the sidecar's log, if it said so yet."""
-    match = LISTENING.search(text)
+def parse_listening(text: str, pattern: re.Pattern[str] = LISTENING) -> tuple[str, int] | None:
+    """``(host, port)`` of the outbound listener from the sidecar's log, if it said so yet
+    (``pattern=ADMIN``: of the admin server)."""
+    match = pattern.search(text)
     if not match:
         return None
     return match.group("host"), int(match.group("port"))
+
+
+def parse_data_plane(text: str) -> str | None:
+    """The data plane the sidecar says it runs (its ``data_plane=NAME`` line), if printed yet."""
+    match = DATA_PLANE.search(text)
+    return match.group("name") if match else None

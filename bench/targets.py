@@ -1,7 +1,9 @@
-"""What the load is sent to: the backends directly, Envoy with 1 or 2 workers, the meshkit sidecar.
+"""What the load is sent to: the backends directly, Envoy with 1 or 2 workers, the meshkit sidecar
+on either data plane (the Python relay, or Envoy driven by the sidecar over xDS).
 
 A target is started once per benchmark and reused across all runs; it exposes the addresses h2load
-targets and the process ids whose CPU and memory are the proxy's cost (none for ``direct``).
+targets and the process ids whose CPU and memory are the proxy's cost (none for ``direct``): the
+root of a process tree, every live descendant counted (sidecar workers, the sidecar's Envoy).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class Target:
     endpoints: list[str] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
     rss_idle_kib: int | None = None
+    #: Idle RSS per command name of the tree (``sidecar``, ``envoy``), KiB.
+    rss_idle_parts: dict[str, int] = field(default_factory=dict)
 
     @property
     def proxy_pids(self) -> list[int]:
@@ -48,7 +52,9 @@ class Target:
 
     def _settle_idle_rss(self) -> None:
         time.sleep(0.3)
-        self.rss_idle_kib = procstat.rss_kib(self.proxy_pids) if self.children else None
+        if self.children:
+            self.rss_idle_parts = procstat.rss_by_command(self.proxy_pids)
+            self.rss_idle_kib = sum(self.rss_idle_parts.values())
 
 
 class Direct(Target):
@@ -84,7 +90,12 @@ class Envoy(Target):
 
 
 class Meshkit(Target):
-    """``sidecar run``; with ``workers > 1`` on a reserved port (see :mod:`bench.sidecar`)."""
+    """``sidecar run``; with ``workers > 1`` on a reserved port (see :mod:`bench.sidecar`).
+
+    ``data_plane``: ``python`` (the grpc.aio relay; ``workers`` processes) or ``envoy`` (one
+    Envoy child with ``--concurrency workers``). The config always names it, and a sidecar
+    that reports another plane than asked is unavailable rather than measured as the wrong one.
+    """
 
     def __init__(
         self,
@@ -95,10 +106,12 @@ class Meshkit(Target):
         cwd: str,
         *,
         kinds: bool = False,
+        data_plane: str = "python",
     ) -> None:
         super().__init__(name)
         self.workers = workers
         self.kinds = kinds
+        self.data_plane = data_plane
         self.extra_args = extra_args
         self.env = env
         self.cwd = cwd
@@ -108,7 +121,9 @@ class Meshkit(Target):
         reason = sidecar.unavailable_reason(self.cwd)
         if reason:
             raise TargetUnavailable(reason)
-        self.description = f"meshkit sidecar, workers: {self.workers}"
+        self.description = (
+            f"meshkit sidecar, data_plane: {self.data_plane}, workers: {self.workers}"
+        )
         if self.kinds:
             self.description += ", routes with RPC-kind hints"
         if self.extra_args:
@@ -122,7 +137,11 @@ class Meshkit(Target):
             }
         cfg = workdir / f"{self.name}.yaml"
         doc = sidecar.config(
-            [(b.host, b.port) for b in backends], workers=self.workers, kinds=self.kinds, **ports
+            [(b.host, b.port) for b in backends],
+            workers=self.workers,
+            kinds=self.kinds,
+            data_plane=self.data_plane,
+            **ports,
         )
         sidecar.write_config(cfg, doc)
         problem = sidecar.validate_error(cfg, self.cwd)
@@ -150,7 +169,22 @@ class Meshkit(Target):
             if time.monotonic() > deadline:
                 raise ChildFailed(f"sidecar bound nothing within 30 s:\n{child.tail()}")
             time.sleep(0.05)
+        self._check_plane(child)
         self._settle_idle_rss()
+
+    def _check_plane(self, child: Child) -> None:
+        plane = sidecar.parse_data_plane(child.output())
+        if plane is None:  # printed before the listening lines; a reserved port may beat it
+            child.wait_for(sidecar.DATA_PLANE.pattern, 10.0)
+            plane = sidecar.parse_data_plane(child.output())
+        if plane != self.data_plane:
+            raise TargetUnavailable(f"asked for data_plane: {self.data_plane}, runs {plane}")
+        if plane == "envoy":
+            envoy_pids = [
+                pid for pid in procstat.descendants(self.proxy_pids) if pid not in self.proxy_pids
+            ]
+            if not envoy_pids:
+                raise ChildFailed(f"data_plane: envoy but no child process:\n{child.tail()}")
 
     def stop(self) -> None:
         for sock in self._reserved:
