@@ -4,7 +4,7 @@ Forwarding never decodes protobuf. Every method is served with identity serializ
 and response messages are ``bytes`` end to end. On the wire the four RPC kinds are the same
 (a stream of length-prefixed messages each way), so the stream-stream relay is always correct;
 a route may declare the kind of some methods (:class:`RpcKind` hints in :class:`Upstream`) to
-take a cheaper path (grpc reads the single request itself, no request-pump task, one batch for
+take a cheaper path (the single request read in one step, no request-pump task, one batch for
 the unary reply).
 
 What is carried, per call:
@@ -30,7 +30,9 @@ request pump reads one downstream message per upstream write. Nothing is queued 
 Failures the proxy causes are precise: no route -> ``UNIMPLEMENTED`` naming the path; the
 upstream unreachable (``UNAVAILABLE`` before any response header) -> ``UNAVAILABLE`` whose
 details name the upstream; deadline -> ``DEADLINE_EXCEEDED``; anything unexpected -> ``INTERNAL``
-with a one-line log, never a traceback to the client and never more than that call affected.
+with a one-line log, never a traceback to the client and never more than that call affected;
+a unary-request call (by its kind hint) whose request ends without a complete message ->
+``INTERNAL`` at once (grpc.aio's unary handlers would never answer it).
 
 Retries (:class:`RetryPolicy`) happen only when safe: the attempt failed with a retryable code
 before any response header or message arrived, the request messages consumed so far are all
@@ -395,6 +397,22 @@ class _Failed(Exception):
         self.answered = answered
 
 
+async def _single_request(context: grpc.aio.ServicerContext) -> bytes:
+    """The one request message of a unary-request call.
+
+    A request stream that ends without a complete message (none sent, or the last one cut
+    short: grpc-core drops a partial message at end of stream without an error) is aborted
+    ``INTERNAL`` at once, as grpc-java does ("Half-closed without a request"); grpc.aio's own
+    unary handlers would leave such a call unanswered until its deadline.
+    """
+    message = await context.read()
+    if message is _EOF:
+        await context.abort(
+            grpc.StatusCode.INTERNAL, "proxy: the request ended without a complete message"
+        )
+    return message  # type: ignore[no-any-return]
+
+
 def _end_span(span: trace.Span, code: grpc.StatusCode) -> None:
     if span.is_recording():
         span.set_attribute("rpc.grpc.status_code", code.value[0])
@@ -492,17 +510,16 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
                 headers = forwardable_metadata(context.invocation_metadata())
                 await stream_response(upstream, method, headers, kind, request, context)
 
-            if kind is RpcKind.STREAM_STREAM:
-                return grpc.stream_stream_rpc_method_handler(relay_stream)
-            return grpc.unary_stream_rpc_method_handler(relay_stream)
+            # Stream-request handlers for every kind: a unary-request call reads its one
+            # message itself (_single_request), as grpc.aio's unary handlers never answer a
+            # request stream that ends without a complete message.
+            return grpc.stream_stream_rpc_method_handler(relay_stream)
         unary_response = self._unary_relay
 
         async def relay_unary(request: Any, context: grpc.aio.ServicerContext) -> bytes | None:
             headers = forwardable_metadata(context.invocation_metadata())
             return await unary_response(upstream, method, headers, kind, request, context)
 
-        if kind is RpcKind.UNARY_UNARY:
-            return grpc.unary_unary_rpc_method_handler(relay_unary)
         return grpc.stream_unary_rpc_method_handler(relay_unary)
 
     def _reject(self, method: str, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
@@ -651,6 +668,8 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         request: Any,
         context: grpc.aio.ServicerContext,
     ) -> bytes | None:
+        if kind is RpcKind.UNARY_UNARY:
+            request = await _single_request(context)
         timeout = self._timeout(upstream, context)
         headers = self._headers(headers, context)
         multicallable = self._callable(upstream.channel, method, kind)
@@ -716,6 +735,8 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         request: Any,
         context: grpc.aio.ServicerContext,
     ) -> None:
+        if kind is RpcKind.UNARY_STREAM:
+            request = await _single_request(context)
         timeout = self._timeout(upstream, context)
         headers = self._headers(headers, context)
         multicallable = self._callable(upstream.channel, method, kind)
