@@ -685,15 +685,8 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             attempt += 1
             if replay is not None:
                 request = replay.next_attempt()
-            try:
-                call = multicallable(
-                    request, timeout=self._attempt_timeout(deadline), metadata=headers
-                )
-            except grpc.aio.UsageError:
-                # its cluster was retired by a reload and closed after the grace: nothing
-                # was sent, so the caller may safely retry (as gRPC's UNAVAILABLE says)
-                context.set_code(grpc.StatusCode.UNAVAILABLE)
-                context.set_details(f"cluster {upstream.name}: replaced by a config reload")
+            call = self._start(multicallable, request, deadline, headers, upstream, context)
+            if call is None:
                 return None
             try:
                 response = await call
@@ -751,15 +744,8 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             attempt += 1
             if replay is not None:
                 request = replay.next_attempt()
-            try:
-                call = multicallable(
-                    request, timeout=self._attempt_timeout(deadline), metadata=headers
-                )
-            except grpc.aio.UsageError:
-                # its cluster was retired by a reload and closed after the grace: nothing
-                # was sent, so the caller may safely retry (as gRPC's UNAVAILABLE says)
-                context.set_code(grpc.StatusCode.UNAVAILABLE)
-                context.set_details(f"cluster {upstream.name}: replaced by a config reload")
+            call = self._start(multicallable, request, deadline, headers, upstream, context)
+            if call is None:
                 return None
             try:
                 await self._relay(call, context)
@@ -784,6 +770,25 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
                 call.cancel()
                 self._internal(context, method, exc)
                 return
+
+    def _start(
+        self,
+        multicallable: Any,
+        request: Any,
+        deadline: float | None,
+        headers: Metadata,
+        upstream: Upstream,
+        context: grpc.aio.ServicerContext,
+    ) -> Any:
+        """The upstream call of one attempt, or ``None`` (status set) when its channel is
+        closed: its cluster was retired by a reload and closed after the grace. Nothing was
+        sent, so the caller may safely retry, as gRPC's UNAVAILABLE says."""
+        try:
+            return multicallable(request, timeout=self._attempt_timeout(deadline), metadata=headers)
+        except grpc.aio.UsageError:
+            context.set_code(grpc.StatusCode.UNAVAILABLE)
+            context.set_details(f"cluster {upstream.name}: replaced by a config reload")
+            return None
 
     @staticmethod
     async def _relay(call: Any, context: grpc.aio.ServicerContext) -> None:

@@ -162,7 +162,9 @@ async def test_slow_drips_are_cut_at_the_deadline_and_probes_keep_answering(admi
     # Every slow client got a 408 at the deadline, however fast it was dripping.
     assert [d.status for d in seen] == [408] * 64
     answered = [d.answered_after for d in seen]
-    assert min(answered) >= DEADLINE - 0.05, answered
+    # not cut early: the client's clock starts once its busy loop resumes after connect,
+    # up to a few hundred ms after the server's accept started the deadline
+    assert min(answered) >= DEADLINE - 0.3, answered
     assert max(answered) < DEADLINE + 1.0, answered
     # ... and was closed within the linger after it (it never closed its side).
     assert max(d.closed_after for d in seen) < DEADLINE + 2.5
