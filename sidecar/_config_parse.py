@@ -657,9 +657,14 @@ def _certificates(
         )
         return None
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
-            cadata=b"\n".join(blocks).decode("ascii", "replace")
+        text = b"\n".join(blocks).decode("ascii")
+    except UnicodeDecodeError:  # PEM is ASCII; ssl's cadata refuses anything else
+        errors.append(
+            FieldError(join_path(path, field), f"{file}: a broken PEM certificate (not ASCII)")
         )
+        return None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
     except ssl.SSLError as exc:
         errors.append(
             FieldError(join_path(path, field), f"{file}: a broken PEM certificate ({exc.reason})")
