@@ -583,6 +583,11 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
         ],
     ),
     (
+        "route-prefix-empty",
+        route(prefix=""),
+        [f"outbound.routes[0].prefix: {PREFIX} (got ''); did you mean '/'?"],
+    ),
+    (
         "route-prefix-hint",
         route(prefix="/pkg.Svc"),
         [f"outbound.routes[0].prefix: {PREFIX} (got '/pkg.Svc'); did you mean '/pkg.Svc/'?"],
@@ -1122,6 +1127,18 @@ READ: list[tuple[str, dict[Any, Any], list[str]]] = [
         {"outbound": {"routes": "x"}},
         ["outbound.routes: must be a list (got 'x')"],
     ),
+    (
+        "list-item",
+        {"outbound": {"routes": ["x"]}},
+        ["outbound.routes[0]: must be a mapping (got 'x')"],
+    ),
+    (
+        "list-item-type",
+        cluster(outlier_detection={"failure_codes": [5]}),
+        ["clusters.backend.outlier_detection.failure_codes[0]: must be a string (got 5); quote it"],
+    ),
+    ("key-64", {"admin": {"k" * 64: 1}}, [f"admin.{'k' * 64}: unknown key (known: listen)"]),
+    ("key-65", {"admin": {"k" * 65: 1}}, [f"admin.'{'k' * 65}': unknown key (known: listen)"]),
     ("section-not-a-mapping", {"drain": 5}, ["drain: must be a mapping (got 5)"]),
     (
         "bool",
@@ -1211,7 +1228,7 @@ def test_shape_limits_hold_exactly_at_their_numbers() -> None:
     assert shape(["x"] * 1001) == FieldError(
         "", "1001 entries; at most 1000 in one mapping or list"
     )
-    assert shape("x" * 65536) is None
+    assert shape("x" * 65536) is None and shape({"k" * 65536: 1}) is None
     assert shape({"a": [1, "x" * 65537]}) == FieldError(
         "a[1]", "a value of 65537 characters; at most 65536"
     )
@@ -1462,6 +1479,44 @@ def test_overrides_that_cannot_apply_name_their_variable(
     assert data == RAW and sources == {}
 
 
+def test_variables_of_others_are_left_alone_and_one_bad_variable_spoils_no_other() -> None:
+    environ = {
+        "NOTMINE_WORKERS": "5",  # not MESHKIT_ at all
+        "MESHKIT_WORK": "1",  # tooling: too far from "workers" to be its typo
+        "MESHKIT_CLUSTERS____TARGET": "t",
+        "MESHKIT_LOG_LEVEL": "x" * (64 << 10 | 1),
+        "MESHKIT_ADMIN": "x" * (64 << 10),  # exactly the longest value
+        "MESHKIT_WORKERS": "2",
+    }
+    data, sources, problems = _config_parse.env_overrides(RAW, environ, SECTIONS)
+    assert [e.path for e in problems] == ["MESHKIT_CLUSTERS____TARGET", "MESHKIT_LOG_LEVEL"]
+    assert data["workers"] == 2 and data["admin"] == "x" * (64 << 10)
+    assert sources == {"admin": "MESHKIT_ADMIN", "workers": "MESHKIT_WORKERS"}
+
+
+def test_the_parser_builds_any_dataclass_section() -> None:
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Probe:
+        name: str
+        wait: Duration
+        tags: tuple[str, ...] = ()
+        limit: int | None = None
+
+    parser = _config_parse.Parser("/", check_files=False)
+    built = parser.section(Probe, {"name": "p", "wait": "2s", "tags": ["a"]}, "probe")
+    assert built == Probe("p", Duration(2), ("a",), None) and parser.errors == []
+    parser.section(Probe, {"wait": "soon", "tags": [1], "limit": "x"}, "probe")
+    assert [str(e) for e in parser.errors] == [
+        "probe.name: required",
+        'probe.wait: must be a duration like "50ms", "1.5s", "2m", "1h" or a number of seconds'
+        " (got 'soon')",
+        "probe.tags[0]: must be a string (got 1); quote it",
+        "probe.limit: must be an integer (got 'x')",
+    ]
+
+
 def test_overrides_apply_case_insensitively_shallow_paths_first() -> None:
     environ = {
         "MESHKIT_OUTBOUND__ROUTES__000000000__CLUSTER": "b",
@@ -1546,7 +1601,7 @@ def test_a_certificate_with_a_non_ascii_byte_is_broken_not_a_crash(tmp_path: Pat
         "clusters.a.tls", cert=None, key=None, ca=str(ca), ca_field="ca"
     )
     assert error.path == "clusters.a.tls.ca"
-    assert error.message.startswith(f"{ca}: a broken PEM certificate (")
+    assert error.message == f"{ca}: a broken PEM certificate (not ASCII)"
 
 
 def test_tls_files_of_exactly_the_size_limit_are_read(tmp_path: Path) -> None:
