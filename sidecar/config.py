@@ -61,6 +61,7 @@ import math
 import os
 import re
 import types
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -638,10 +639,20 @@ class TracingConfig(_Checked):
 def _endpoint_problems(name: str, endpoint: str) -> Iterator[FieldError]:
     scheme, sep, rest = endpoint.partition("://")
     if sep:
+        shown = show(redact_url(endpoint))
         if scheme not in ("http", "https") or not rest.strip("/"):
-            yield FieldError(
-                name, f'must be "host:port" or an http(s) URL (got {show(redact_url(endpoint))})'
-            )
+            yield FieldError(name, f'must be "host:port" or an http(s) URL (got {shown})')
+            return
+        # the host and port become an Envoy cluster address: check them as Envoy would
+        url = urllib.parse.urlsplit(endpoint)
+        try:
+            port = url.port
+        except ValueError:
+            yield FieldError(name, f"the port must be a number 1..65535 (got {shown})")
+            return
+        host = url.hostname or ""
+        if not host or any(c.isspace() for c in host) or port == 0:
+            yield FieldError(name, f"needs a host and a port 1..65535 or none (got {shown})")
         return
     try:
         HostPort.parse(endpoint)

@@ -667,3 +667,24 @@ def test_accepted_configs_round_trip_and_stay_within_bounds(raw: dict[str, Any])
     assert parse_config(config.to_dict(redact=False), {}, check_files=False) == config
     assert parse_config(yaml.safe_load(yaml.safe_dump(config.to_dict(redact=False))), {}) == config
     assert_within_bounds(config)
+
+
+def test_otlp_url_host_and_port_are_checked_as_envoy_would() -> None:
+    # these passed validation, then became an Envoy cluster Envoy rejects (or a bare
+    # ValueError in the translation)
+    from sidecar.config import ConfigError, parse_config
+
+    base = {
+        "outbound": {"routes": [{"prefix": "/", "cluster": "a"}]},
+        "clusters": {"a": {"target": "static:///127.0.0.1:1"}},
+    }
+    for bad in ("http://:4317", "http://a b:80", "http://collector:abc", "http://collector:99999"):
+        config = {**base, "telemetry": {"tracing": {"otlp_endpoint": bad}}}
+        try:
+            parse_config(config, {})
+        except ConfigError as error:
+            assert [e.path for e in error.errors] == ["telemetry.tracing.otlp_endpoint"], bad
+        else:
+            raise AssertionError(f"{bad} accepted")
+    good = {**base, "telemetry": {"tracing": {"otlp_endpoint": "http://collector:4318/v1/traces"}}}
+    assert parse_config(good, {}).telemetry.tracing.otlp_endpoint == "http://collector:4318/v1/traces"

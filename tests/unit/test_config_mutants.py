@@ -144,6 +144,13 @@ def test_config_error_cuts_paths_and_messages_past_500_characters() -> None:
     assert one == FieldError("p", "m" * 497 + "...")
     (other,) = ConfigError([FieldError("p" * 501, "m")]).errors
     assert other == FieldError("p" * 497 + "...", "m")
+    # each is cut on its own: 500 characters are kept beside a part that is cut
+    assert ConfigError([FieldError("p" * 500, "m" * 501)]).errors == [
+        FieldError("p" * 500, "m" * 497 + "...")
+    ]
+    assert ConfigError([FieldError("p" * 501, "m" * 500)]).errors == [
+        FieldError("p" * 497 + "...", "m" * 500)
+    ]
 
 
 # --------------------------------------------------------------------------- durations
