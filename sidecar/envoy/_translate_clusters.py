@@ -34,7 +34,7 @@ Mapping of :class:`~sidecar.config.ClusterConfig` (see ``translate`` for the who
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
 from resolvers import default_authority, split_host_port
 from sidecar._config_values import FieldError, join_path
@@ -293,6 +293,18 @@ def retry_policy(retry: RetryPolicy) -> Json | None:
 _ENVOY_MIN_DURATION = 0.001
 
 
+def _codes_outside(
+    path: str, codes: Iterable[str], allowed: Collection[str], says: str
+) -> Iterator[FieldError]:
+    """An error per status code of the list at ``path`` that Envoy cannot act on;
+    ``says`` is the message with ``{}`` for the codes it can."""
+    for i, code in enumerate(codes):
+        if code not in allowed:
+            yield FieldError(
+                f"{path}[{i}]", f"{says.format(', '.join(sorted(allowed)))} (got {code})"
+            )
+
+
 def problems(name: str, config: ClusterConfig) -> Iterator[FieldError]:
     """Settings of cluster ``name`` that Envoy cannot express."""
     path = join_path("clusters", name)
@@ -303,12 +315,12 @@ def problems(name: str, config: ClusterConfig) -> Iterator[FieldError]:
         )
     retry = config.retry
     if retry is not None:
-        for i, code in enumerate(retry.retryable_status_codes):
-            if code not in RETRY_ON:
-                yield FieldError(
-                    f"{path}.retry.retryable_status_codes[{i}]",
-                    f"Envoy retries only on {', '.join(sorted(RETRY_ON))} (got {code})",
-                )
+        yield from _codes_outside(
+            f"{path}.retry.retryable_status_codes",
+            retry.retryable_status_codes,
+            RETRY_ON,
+            "Envoy retries only on {}",
+        )
         if retry.backoff_multiplier != _ENVOY_BACKOFF_MULTIPLIER:
             yield FieldError(
                 f"{path}.retry.backoff_multiplier",
@@ -316,12 +328,12 @@ def problems(name: str, config: ClusterConfig) -> Iterator[FieldError]:
             )
     od = config.outlier_detection
     if od is not None:
-        for i, code in enumerate(od.failure_codes):
-            if code not in _5XX_CODES:
-                yield FieldError(
-                    f"{path}.outlier_detection.failure_codes[{i}]",
-                    f"Envoy ejects on {', '.join(sorted(_5XX_CODES))} only (got {code})",
-                )
+        yield from _codes_outside(
+            f"{path}.outlier_detection.failure_codes",
+            od.failure_codes,
+            _5XX_CODES,
+            "Envoy ejects on {} only",
+        )
     for field in ("time", "timeout"):
         if getattr(config.keepalive, field) < _ENVOY_MIN_DURATION:
             yield FieldError(
