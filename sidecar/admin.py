@@ -28,6 +28,13 @@ slot). The bounds:
 - every close after an answer is a "lingering" one (FIN, then discard what the client still
   sends for up to 1 s) so the client reads the answer instead of a reset.
 
+Debug pages. ``/clusters`` and ``/config`` show the mesh's topology and settings (secrets are
+redacted, endpoints are not): they answer loopback peers only (403 otherwise) unless
+``expose_debug`` is set, so the port can be open to Prometheus and the kubelet (``/metrics``,
+``/live``, ``/ready``) without publishing the rest. ``kubectl port-forward`` arrives from
+loopback, so an operator still reads them. Istio and Linkerd draw the same line with a second,
+loopback-only port; one port with a peer check keeps one address to configure and probe.
+
 An exception in a callable becomes a 500 (a 503 for the probes) and a log line, never a dead
 server; a page that takes longer than 10 s is answered 503.
 """
@@ -39,6 +46,7 @@ import concurrent.futures
 import contextlib
 import gzip
 import io
+import ipaddress
 import json
 import logging
 import socket
@@ -85,6 +93,8 @@ _BACKLOG = 128
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 #: Served on a page thread (they read bigger state); everything else is answered on the loop.
 _PAGES = frozenset({"/metrics", "/clusters", "/config"})
+#: Pages only loopback peers may read unless ``expose_debug``.
+_DEBUG_PAGES = frozenset({"/clusters", "/config"})
 
 
 class AdminBindError(OSError):
@@ -217,10 +227,14 @@ class _Exchange(BaseHTTPRequestHandler):
 
     def _route(self, head: bool) -> None:
         path = urlsplit(self.path).path
+        admin = self.admin
+        if path in _DEBUG_PAGES and not admin.expose_debug and not _loopback(self.client_address):
+            body = b"forbidden: debug pages answer loopback peers only (admin.expose_debug)\n"
+            self._reply(HTTPStatus.FORBIDDEN, body, _TEXT, head=head)
+            return
         if path in _PAGES:
             self.page = lambda: self._page(path, head)
             return
-        admin = self.admin
         if path == "/live":
             status, body, ctype = self._live(admin)
         elif path == "/ready":
@@ -294,6 +308,15 @@ class _Exchange(BaseHTTPRequestHandler):
         self.end_headers()
         if not head:
             self.wfile.write(body)
+
+
+def _loopback(peer: tuple[str, int]) -> bool:
+    try:
+        address = ipaddress.ip_address(peer[0].split("%", 1)[0])
+    except ValueError:
+        return False  # a unix socket or an unknown peer is not trusted
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
 
 
 def _json(document: Any) -> bytes:
@@ -377,6 +400,7 @@ class AdminServer:
         registry: CollectorRegistry,
         timeout: float = 5.0,
         max_connections: int = 256,
+        expose_debug: bool = False,
     ) -> None:
         """Parse ``listen`` (``ValueError`` naming it); nothing is bound yet."""
         try:
@@ -390,6 +414,7 @@ class AdminServer:
         self.clusters = clusters
         self.config = config
         self.registry = registry
+        self.expose_debug = expose_debug
         self.timeout = timeout
         self._max_connections = max_connections
         self._port: int | None = None

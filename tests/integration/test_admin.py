@@ -408,3 +408,45 @@ async def test_promtool_accepts_the_exposition(cluster: tuple[Any, list[EchoServ
         run, [promtool, "check", "metrics"], input=body, capture_output=True, timeout=30
     )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+# -- debug pages: loopback peers only unless expose_debug ----------------------------------------
+
+
+async def _answer_from(server: AdminServer, peer: tuple[str, int], path: str) -> bytes:
+    # Reaches inside on purpose: every address this test may connect from is loopback, so the
+    # non-loopback peer is handed to the server's request path directly (the real parser, the
+    # real routing, the real page threads), on the admin loop where it runs in production.
+    assert server._loop is not None
+    head = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    future = asyncio.run_coroutine_threadsafe(server._answer(head, peer), server._loop)
+    answer, _ = await asyncio.wrap_future(future)
+    return answer
+
+
+@pytest.mark.parametrize("peer", ["10.1.2.3", "192.168.0.7", "::ffff:10.0.0.1", "fd00::1", "", "x"])
+async def test_debug_pages_refuse_other_peers(admin: Admin, peer: str) -> None:
+    for path in ("/config", "/clusters", "/clusters?x=1"):
+        answer = await _answer_from(admin.server, (peer, 40000), path)
+        assert answer.startswith(b"HTTP/1.1 403 "), answer
+        assert b"admin.expose_debug" in answer and b"echo" not in answer
+    for path in ("/live", "/ready", "/metrics"):
+        answer = await _answer_from(admin.server, (peer, 40000), path)
+        assert answer.startswith(b"HTTP/1.1 200 "), (path, answer)
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"])
+async def test_debug_pages_answer_loopback_peers(admin: Admin, peer: str) -> None:
+    answer = await _answer_from(admin.server, (peer, 40000), "/clusters")
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"echo"' in answer, answer
+
+
+async def test_expose_debug_opens_debug_pages_to_any_peer() -> None:
+    state = State()
+    server = make_admin(state, CollectorRegistry(), expose_debug=True)
+    await server.start()
+    try:
+        answer = await _answer_from(server, ("10.1.2.3", 40000), "/config")
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"127.0.0.1:0" in answer, answer
+    finally:
+        await server.stop()
