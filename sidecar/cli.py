@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -11,6 +11,8 @@ from typing import TextIO
 
 import yaml
 
+from sidecar import logs
+from sidecar._inject_cli import add_inject_parser, run_inject
 from sidecar.config import (
     CONFIG_PATH_VARIABLE,
     ConfigError,
@@ -25,6 +27,9 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_LEVEL_VARIABLE = "MESHKIT_LOG_LEVEL"
+
 _DESCRIPTION = """\
 meshkit sidecar: a gRPC proxy next to your app.
 
@@ -32,6 +37,7 @@ meshkit sidecar: a gRPC proxy next to your app.
             path to a cluster (resolver + load balancer + retries) and sent to a healthy endpoint
   inbound   peers call this pod (optionally mTLS + token auth); calls go to your local app
   admin     HTTP /metrics /live /ready /clusters /config
+  inject    add the sidecar to Kubernetes workloads (sidecar inject --help)
 
 The config is one YAML file, checked in full before anything starts. Every field, its
 default and its meaning: python -m pydoc sidecar.config"""
@@ -57,7 +63,8 @@ exit status:
 
 example:
   sidecar validate --config sidecar.yaml
-  MESHKIT_LOG_LEVEL=debug sidecar run --config sidecar.yaml"""
+  sidecar run --config sidecar.yaml --log-level debug
+  MESHKIT_LOG_FORMAT=json sidecar run --config sidecar.yaml"""
 
 
 def _version() -> str:
@@ -93,7 +100,14 @@ def _parser() -> argparse.ArgumentParser:
         )
         return sub
 
-    command("run", "run the sidecar until SIGTERM/SIGINT, then drain")
+    run = command("run", "run the sidecar until SIGTERM/SIGINT, then drain")
+    run.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="override the config's log_level (the same as MESHKIT_LOG_LEVEL, so it also"
+        " holds for workers and across config reloads)",
+    )
     validate = command("validate", "check a config (with MESHKIT_* overrides) and summarize it")
     validate.add_argument(
         "--skip-file-checks",
@@ -112,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         "process, all on 127.0.0.x; prints a report. Needs no config.",
     )
     demo.add_argument("--quick", action="store_true", help="shorter runs (about 7 s)")
+    add_inject_parser(commands)
     return parser
 
 
@@ -122,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidecar import demo  # lazily: the other commands never need it
 
         return demo.main(args)
+    if args.command == "inject":
+        return run_inject(args)
+    if args.command == "run" and args.log_level is not None:
+        # Through the environment, not the loaded config: config reloads and worker processes
+        # read the config again, and must keep the level asked for here.
+        os.environ[LOG_LEVEL_VARIABLE] = args.log_level
     try:
         path = resolve_config_path(args.config)
         config = load_config(path, check_files=not getattr(args, "skip_file_checks", False))
@@ -146,11 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(config: SidecarConfig, path: str) -> int:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(config.log_level, config.log_format)
     from sidecar import app  # lazily: validate needs none of the data plane's imports
 
     try:
