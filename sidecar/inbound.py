@@ -4,8 +4,12 @@ It also serves ``grpc.health.v1.Health`` itself, for kubelet gRPC probes and mes
 balancers in other pods. The health service is registered with ``add_registered_method_handlers``
 (grpcio's generated ``add_HealthServicer_to_server``): grpc-core matches a registered path before
 any generic handler is asked, so health calls never reach the forwarding handler; that also means
-they skip token auth (probes carry no token). It is added first anyway, so a grpcio that only
-consulted generic handlers in order would still answer health here.
+they skip token auth (probes carry no token) and the identity check (``inbound.authorization``,
+:class:`~sidecar.authz.AuthorizingHandler`), and are not access-logged. It is added first
+anyway, so a grpcio that only consulted generic handlers in order would still answer health here.
+
+Around the forwarding handler: the identity check, then (outermost) the access log, so a call
+refused for its identity is logged with ``PERMISSION_DENIED``.
 
 The overall status (``""``, and ``app_health.service`` when named) is SERVING only while the
 local app is healthy, as :class:`AppHealth` sees it, and the sidecar is not draining (the drain
@@ -23,8 +27,10 @@ import grpc
 
 from health.aio import HealthService as AioHealthService
 from sidecar import proxy
+from sidecar.access_log import AccessLog, AccessLogHandler
 from sidecar.app_health import AppHealth, LocalHealth
 from sidecar.auth import MISSING_TOKEN, TokenAuth
+from sidecar.authz import AuthorizingHandler, IdentityPolicy
 from sidecar.config import AuthConfig, InboundConfig, InboundTlsConfig
 from sidecar.outbound import bind, listener_options
 from sidecar.tls import ServerTlsFiles
@@ -87,8 +93,12 @@ class InboundListener:
         *,
         metrics: Any = None,
         tracer: Any = None,
+        access_log: AccessLog | None = None,
     ) -> None:
-        """Create the server, read TLS and token files, bind (``OSError`` on failure)."""
+        """Create the server, read TLS and token files, bind (``OSError`` on failure).
+
+        ``access_log``: where to write a line per forwarded call (``None``: no access log).
+        """
         self.config = config
         self.health = AioHealthService()
         self.app_channel = grpc.aio.insecure_channel(
@@ -113,7 +123,15 @@ class InboundListener:
             options=listener_options(config.keepalive, config.max_concurrent_streams)
         )
         self.health.add_to_server(self.server)  # before the generic handler: see module doc
-        self.server.add_generic_rpc_handlers((proxy.ProxyHandler(self._upstream_for, **extra),))
+        handler: grpc.GenericRpcHandler = proxy.ProxyHandler(self._upstream_for, **extra)
+        if config.authorization is not None:
+            allowed = config.authorization
+            policy = IdentityPolicy(allowed.allowed_ids, allowed.allowed_san_patterns)
+            handler = AuthorizingHandler(handler, policy)
+        if access_log is not None:
+            app = str(config.app)
+            handler = AccessLogHandler(handler, access_log, "inbound", lambda method: app)
+        self.server.add_generic_rpc_handlers((handler,))
         credentials = None
         if config.tls is not None:
             check_tls_files(config.tls)

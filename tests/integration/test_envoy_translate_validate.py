@@ -243,6 +243,38 @@ def test_a_minimal_config_validates(tmp_path: Path) -> None:
     validate(static_bootstrap(translate(config, PlaneInputs())), tmp_path)
 
 
+@pytest.mark.parametrize("log_path", ["-", "access.log"])
+def test_authorization_and_the_access_log_validate(tmp_path: Path, log_path: str) -> None:
+    pki = make_pki(str(tmp_path))
+    config = parse_config(
+        {
+            "outbound": {"routes": [{"prefix": "/", "cluster": "backend"}]},
+            "clusters": {"backend": {"target": "static:///127.0.0.1:10000"}},
+            "inbound": {
+                "listen": "127.0.0.1:0",
+                "app": "127.0.0.1:1",
+                "tls": {"cert": pki.server_cert, "key": pki.server_key, "client_ca": pki.ca},
+                "authorization": {
+                    "allowed_ids": ["spiffe://cluster.local/ns/prod/sa/web"],
+                    "allowed_san_patterns": ["spiffe://cluster.local/ns/ops/*/**"],
+                },
+            },
+            "telemetry": {
+                "access_log": {
+                    "enabled": True,
+                    "path": log_path if log_path == "-" else str(tmp_path / log_path),
+                }
+            },
+        },
+        {},
+    )
+    resources = translate(
+        config,
+        PlaneInputs(health_address=("127.0.0.1", 15020), files=files_of(config)),
+    )
+    validate(static_bootstrap(resources), tmp_path)
+
+
 # --------------------------------------------------------------------------- a running Envoy
 
 
