@@ -35,7 +35,13 @@ Timing with Kubernetes (all in seconds)::
 
 ``GracefulDrain`` drains a sync ``grpc.Server`` (``signal.signal``, the drain in a thread);
 its twin ``health.aio.GracefulDrain`` a ``grpc.aio`` server (asyncio signal handlers, on the
-server's loop). Both take the same ``DrainConfig``.
+server's loop). Both take the same ``DrainConfig``. The aio twin also takes ``delay_done``, an
+awaitable that ends ``drain_delay`` early (the meshkit sidecar's: its local app is gone).
+
+Behind a meshkit sidecar, the app's own ``drain_delay`` should be at least the sidecar's: calls
+reach the app only through the sidecar's inbound listener, which stops accepting after the
+sidecar's delay; the sidecar's outbound listener stays open until the app has exited, so the
+app's calls in flight can still call out (see :mod:`sidecar.app`).
 """
 
 from __future__ import annotations

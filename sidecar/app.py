@@ -17,17 +17,44 @@ stdout lines are the parent's.
 A start-up failure (port in use, unreadable certificate) prints one ``sidecar: cannot start:``
 line on stderr and exits 1.
 
+Liveness (admin ``/live``): 200 while the event loop turns. The admin server starts only
+after the data plane has bound and started both listeners (Envoy's are read back from Envoy once
+it is ``LIVE``), so ``/live`` answering at all means the outbound and inbound listeners accept:
+a ``startupProbe`` on it holds a native sidecar's app (an init container with ``restartPolicy:
+Always``) until the app can call out.
+
 Readiness (admin ``/ready``): 200 once every cluster has resolved endpoints at least once (a
 later outage of a dependency does not make this pod unready: that would cascade), the local
 app is healthy (when inbound is configured), and no drain has begun; 503 with the reason
-otherwise.
+otherwise. Each cluster's endpoints are logged, one line a cluster, when first resolved and
+on every change.
 
-Signals:
+Shutdown (SIGTERM / SIGINT), step by step; the same on both data planes:
 
-- SIGTERM / SIGINT: drain (:class:`health.aio.GracefulDrain`): not ready and NOT_SERVING at once,
-  ``drain.drain_delay`` of normal serving, then listeners stop accepting and calls in flight
-  get ``drain.grace_period``; then channels close and the process exits 0. A second signal
-  stops at once (exit 1).
+1. ``/ready`` 503 and the inbound ``grpc.health.v1`` NOT_SERVING at once (balancers watching
+   it stop sending; the kubelet's readiness probe fails and endpoints drop the pod);
+2. the inbound listener serves on for ``drain.drain_delay`` while endpoint removal propagates,
+   cut short once the local app is gone (its port refuses connections: serving on would only
+   fail calls, while a refused connection makes clients fail over);
+3. the inbound listener stops accepting; its calls in flight get ``drain.grace_period``;
+4. the outbound listener stays open while the app may still call out: until the app is gone
+   (its port refuses connections and no inbound call is in flight) and no outbound call has
+   been in flight for ``drain.outbound_idle`` since (work an app does after closing its port,
+   such as flushing); if the app was already gone at the signal, 0.2 s of quiet suffices.
+   Without ``inbound`` it waits for ``drain.outbound_idle`` of quiet from the signal on. At
+   most ``drain.outbound_max_wait`` after the signal (null: ``drain_delay + grace_period``);
+5. the outbound listener stops accepting; its calls in flight get ``drain.grace_period``;
+   channels close and the process exits 0.
+
+In a native-sidecar pod the kubelet signals the sidecar only after the app has exited: steps
+2 and 4 take nothing and an idle sidecar exits within a fraction of a second. In a classic pod
+both containers are signalled at once: the app drains on its own schedule (it should keep
+accepting at least ``drain_delay``: calls reach it only through the inbound listener) while the
+outbound listener serves its calls out until it has exited. A second SIGTERM / SIGINT stops at
+once, cutting calls in flight (exit 1).
+
+Other signals:
+
 - SIGHUP, or the config file changing on disk (polled every second, symlink swaps included):
   reload. An invalid config is logged field by field and the running one stays. A valid one
   is applied by the data plane without dropping calls (the Python plane builds new clusters
@@ -54,13 +81,16 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 import health
-from sidecar import dataplane
+from sidecar import dataplane, logs
 from sidecar.admin import AdminServer
+from sidecar.app_health import app_listening
 from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.dataplane import ApplyError, DataPlane, PlaneContext
 from sidecar.lifecycle import ConfigWatcher, TaskSet
 from sidecar.observability import build_tracer
 from sidecar.workers import Workers
+from telemetry.otel_metrics import OtelMetricsBridge
+from telemetry.otlp import metric_exporter
 
 __all__ = ["Sidecar", "StartupError", "run", "worker_main"]
 
@@ -81,6 +111,11 @@ _STUCK_LOOP = 10.0
 #: Bound on reading and validating a changed config file.
 _RELOAD_TIMEOUT = 5.0
 _HEARTBEAT = 1.0
+#: How often the drain looks whether the app is gone and at the listeners' calls in flight.
+_DRAIN_POLL = 0.05
+#: Outbound quiet asked for when the app was already gone at the signal (a native sidecar is
+#: signalled after the app exited): covers an app that closed its port just before.
+_SETTLE = 0.2
 
 
 class StartupError(Exception):
@@ -100,11 +135,7 @@ def worker_main(config_path: str) -> int:
         for error in exc.errors:
             print(f"config error: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[worker %(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(config.log_level, config.log_format, worker=True)
     return _run_loop(Sidecar(config, config_path, worker=True).run)
 
 
@@ -176,6 +207,126 @@ def _effective(old: SidecarConfig, new: SidecarConfig) -> SidecarConfig:
     )
 
 
+class DrainWatch:
+    """Steps 2 and 4 of the shutdown (see the module doc), watched from the signal on:
+    ``app_gone`` is set once the local app's port refuses connections (at once without
+    ``inbound``: nothing to drain there); ``released`` once the outbound listener may close,
+    with ``reason`` saying why."""
+
+    def __init__(self, plane: DataPlane, config: SidecarConfig) -> None:
+        self._plane = plane
+        self._config = config
+        #: Whether there is an inbound listener (and a local app) at all.
+        self.inbound = config.inbound is not None
+        self.app_gone = asyncio.Event()
+        self.released = asyncio.Event()
+        self.reason = ""
+
+    async def run(self) -> None:
+        """Watch until the outbound is released (then return). Should watching fail, the
+        outbound is released rather than held until the kubelet's SIGKILL."""
+        try:
+            await self._watch()
+        except Exception as exc:
+            _LOG.error("drain: watching the app and the calls failed: %r", exc)
+            self.app_gone.set()
+            self._release(f"cannot watch: {exc!r}")
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        drain, inbound = self._config.drain, self._config.inbound
+        app = inbound.app if inbound is not None else None
+        start = loop.time()
+        bound, idle = start + float(drain.outbound_bound), float(drain.outbound_idle)
+        if app is None:
+            self.app_gone.set()
+        if self._config.outbound is None:
+            self._release("no outbound listener")
+            return
+        quiet_since, last_started = start, -1
+        app_seen, gone_at = False, start
+        while True:
+            if not self.app_gone.is_set():
+                assert app is not None
+                if await app_listening(app):
+                    app_seen = True
+                else:
+                    gone_at = loop.time()
+                    self.app_gone.set()
+                    _LOG.info("drain: the local app is gone (%s refuses connections)", app)
+            outbound = await self._plane.call_counts("outbound")
+            now = loop.time()
+            if outbound is None:  # cannot tell: count it as busy
+                quiet_since = now
+            else:
+                if outbound.active or (last_started >= 0 and outbound.started != last_started):
+                    quiet_since = now
+                last_started = outbound.started
+            if app is None:
+                if now - quiet_since >= idle:
+                    self._release(f"no outbound call for {idle:g} s")
+                    return
+            elif self.app_gone.is_set():
+                need = idle if app_seen else min(idle, _SETTLE)
+                inbound_calls = await self._plane.call_counts("inbound")
+                inbound_idle = inbound_calls is not None and inbound_calls.active == 0
+                if inbound_idle and now - max(quiet_since, gone_at) >= need:
+                    self._release(f"the local app is gone, no outbound call for {need:g} s")
+                    return
+            if now >= bound:
+                self._release(f"outbound_max_wait ({drain.outbound_bound}) reached")
+                return
+            await asyncio.sleep(_DRAIN_POLL)
+
+    def _release(self, reason: str) -> None:
+        self.reason = reason
+        self.released.set()
+
+
+class ShutdownSequence:
+    """What :class:`health.aio.GracefulDrain` stops once the drain delay is over: the inbound
+    listener at once, the outbound one when :class:`DrainWatch` releases it (steps 3-5 of the
+    module doc). ``stop(None)`` (a second signal) stops both at once and ends a pending stop."""
+
+    def __init__(self, plane: DataPlane, watch: Callable[[], DrainWatch | None]) -> None:
+        self._plane = plane
+        self._watch = watch
+        self._forced = asyncio.Event()
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop the listeners in order; calls in flight get ``grace`` seconds each."""
+        plane = self._plane
+        if grace is None:
+            self._forced.set()
+            await asyncio.gather(plane.stop_inbound(None), plane.stop_outbound(None))
+            return
+        watch = self._watch()
+        if watch is not None and watch.inbound:
+            why = "the local app is gone" if watch.app_gone.is_set() else "drain_delay over"
+            _LOG.info(
+                "drain: inbound stops accepting (%s); its calls in flight get %g s", why, grace
+            )
+        inbound = asyncio.ensure_future(plane.stop_inbound(grace))
+        try:
+            if watch is not None:
+                forced = asyncio.ensure_future(self._forced.wait())
+                released = asyncio.ensure_future(watch.released.wait())
+                try:
+                    await asyncio.wait({forced, released}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    forced.cancel()
+                    released.cancel()
+            if self._forced.is_set():
+                return
+            reason = watch.reason if watch is not None else "no drain watch"
+            _LOG.info(
+                "drain: outbound stops accepting (%s); its calls in flight get %g s", reason, grace
+            )
+            await plane.stop_outbound(grace)
+        finally:
+            await inbound
+
+
 class Sidecar:
     """One sidecar process's state; :meth:`run` is its whole life."""
 
@@ -192,10 +343,12 @@ class Sidecar:
         self.plane: DataPlane | None = None
         self.admin: AdminServer | None = None
         self.drain: health.aio.GracefulDrain | None = None
+        self._drain_watch: DrainWatch | None = None
         self._tasks = TaskSet()
         self._reload_lock: asyncio.Lock | None = None
         self._watcher: ConfigWatcher | None = None
         self._tracing: Any = None
+        self._otel_metrics: OtelMetricsBridge | None = None
         self._reloads = Counter(
             "meshkit_config_reloads",
             "Config reloads attempted, by result (applied, rejected, failed).",
@@ -275,12 +428,14 @@ class Sidecar:
         )
         self.plane = dataplane.build(choice, config, context)
         self.addresses.update(await self.plane.start())
+        self._start_otel_metrics()
         # After start: the plane's inbound health service exists only once it has started.
         self.drain = health.aio.GracefulDrain(
-            self.plane,  # duck-typed: the drain only calls stop(grace)
+            ShutdownSequence(self.plane, lambda: self._drain_watch),  # only stop(grace) is used
             self.plane.health,
             health.DrainConfig(float(config.drain.drain_delay), float(config.drain.grace_period)),
             on_event=self._drain_event,
+            delay_done=self._app_gone,
         )
         self._tasks.spawn(self._beat(), "heartbeat")
         loop = asyncio.get_running_loop()
@@ -308,6 +463,7 @@ class Sidecar:
             clusters=self.clusters_view,
             config=self.config_view,
             registry=self.registry,
+            expose_debug=self.config.admin.expose_debug,
         )
         try:
             port = await self.admin.start()
@@ -327,8 +483,19 @@ class Sidecar:
             await asyncio.sleep(_HEARTBEAT)
 
     def _drain_event(self, what: str) -> None:
+        if what == "draining" and self.plane is not None and self._drain_watch is None:
+            self._drain_watch = DrainWatch(self.plane, self.config)
+            self._tasks.spawn(self._drain_watch.run(), "drain-watch")
         if self._workers is not None and what in ("draining", "forced"):
             self._workers.signal(signal.SIGTERM)  # the second one makes them stop at once
+
+    async def _app_gone(self) -> None:
+        """Ends the drain delay early: the local app is gone (or there is no inbound)."""
+        watch = self._drain_watch
+        if watch is not None:
+            await watch.app_gone.wait()
+        else:  # pragma: no cover - the watch is made on the "draining" event, before this
+            await asyncio.Event().wait()
 
     def _announce(self) -> None:
         for name, address in self.addresses.items():
@@ -339,6 +506,21 @@ class Sidecar:
                 print(line, flush=True)
             _LOG.info("%s", line)
 
+    def _start_otel_metrics(self) -> None:
+        """Export the call metrics over OTLP too, when configured (the parent process only:
+        with workers > 1 it reads its own registry, as /metrics does)."""
+        settings = self.config.telemetry.otel_metrics
+        if self.worker or settings.otlp_endpoint is None:
+            return
+        exporter = metric_exporter(settings.otlp_endpoint, settings.protocol, settings.headers)
+        self._otel_metrics = OtelMetricsBridge(
+            self.registry,
+            exporter,
+            interval=float(settings.interval),
+            service_name=self.config.telemetry.tracing.service_name,
+        )
+        self._otel_metrics.start()
+
     async def _shutdown(self, *, forced: bool) -> None:
         """Close everything after the listeners stopped (or failed to start)."""
         await self._tasks.cancel()
@@ -348,7 +530,8 @@ class Sidecar:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if self._workers is not None:
             drain = self.config.drain
-            await self._workers.wait(0.0 if forced else drain.drain_delay + drain.grace_period + 2)
+            longest = max(float(drain.drain_delay), float(drain.outbound_bound))
+            await self._workers.wait(0.0 if forced else longest + float(drain.grace_period) + 2)
         if self.plane is not None:
             await self.plane.close(forced=forced)
         if self.admin is not None:
@@ -358,6 +541,8 @@ class Sidecar:
                 _LOG.warning("admin server stop failed: %s", exc)
         if self._tracing is not None:
             self._tracing.shutdown()
+        if self._otel_metrics is not None:
+            self._otel_metrics.shutdown()  # a last export of the final counts
 
     # -- reload -------------------------------------------------------------------------------
 

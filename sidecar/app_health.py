@@ -5,6 +5,8 @@ listener; the Envoy plane serves it on a loopback server of its own, to which En
 ``/grpc.health.v1.Health/`` calls of the inbound listener. Either way the status (``""``, and
 ``app_health.service`` when named) is SERVING only while the local app is healthy as
 :class:`AppHealth` sees it and no drain has begun (the drain flips everything to NOT_SERVING).
+
+:func:`app_listening` is how the drain tells that the app is gone (see :mod:`sidecar.app`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,29 @@ import grpc
 from health import HealthVerdict
 from health.aio import HealthService as AioHealthService
 from health.aio import watch_health
-from sidecar.config import AppHealthConfig
+from sidecar.config import AppHealthConfig, HostPort
 
-__all__ = ["AppHealth", "LocalHealth"]
+__all__ = ["AppHealth", "LocalHealth", "app_listening"]
 
 _LOG = logging.getLogger("sidecar.inbound")
+
+
+async def app_listening(address: HostPort, timeout: float = 1.0) -> bool:
+    """Whether the app still accepts connections on ``address`` (one TCP connect, closed at
+    once). A refused or failed connect means gone; no answer within ``timeout`` counts as
+    still there (nothing is proven gone)."""
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(address.host, address.port), timeout
+        )
+    except asyncio.TimeoutError:
+        return True
+    except OSError:
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 class AppHealth:

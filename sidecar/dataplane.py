@@ -15,16 +15,30 @@ imports only the module of the plane chosen.
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry
 
 from health.aio import HealthService as AioHealthService
 from sidecar.config import SidecarConfig
 
-__all__ = ["ApplyError", "Choice", "DataPlane", "PlaneContext", "StartError", "build", "choose"]
+__all__ = [
+    "ApplyError",
+    "CallCounts",
+    "Choice",
+    "DataPlane",
+    "Direction",
+    "PlaneContext",
+    "StartError",
+    "build",
+    "choose",
+]
+
+#: A listener's direction: ``outbound`` (the app calls the mesh), ``inbound`` (to the app).
+Direction = Literal["inbound", "outbound"]
 
 
 class StartError(Exception):
@@ -48,13 +62,23 @@ class PlaneContext:
     worker: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class CallCounts:
+    """One listener's calls: in flight now, and started since the plane started (a counter
+    that only grows while the same forwarder runs; a restarted Envoy starts it again)."""
+
+    active: int = 0
+    started: int = 0
+
+
 class DataPlane(abc.ABC):
     """One data plane's life, as the sidecar drives it.
 
     Order: ``start()`` once; then any number of ``apply()`` / ``refresh_files()``; the drain
-    calls ``stop(grace)`` (stop accepting, let calls in flight finish); ``close()`` last, also
-    after a failed start. The views may be called from the admin server's thread: they read
-    state, never await.
+    calls ``stop_inbound(grace)`` and later ``stop_outbound(grace)`` (stop accepting, let calls
+    in flight finish; ``None`` again while one is pending: cancel them now), watching
+    ``call_counts``; ``close()`` last, also after a failed start. The views may be called from
+    the admin server's thread: they read state, never await.
     """
 
     #: ``"envoy"`` or ``"python"``.
@@ -80,8 +104,22 @@ class DataPlane(abc.ABC):
         """Pick up rotated TLS and token files (polled by the sidecar)."""
 
     @abc.abstractmethod
+    async def stop_inbound(self, grace: float | None) -> None:
+        """The inbound listener stops accepting calls; its calls in flight get ``grace``
+        seconds (``None``: none). Returns once they ended. No-op without ``inbound``."""
+
+    @abc.abstractmethod
+    async def stop_outbound(self, grace: float | None) -> None:
+        """:meth:`stop_inbound` for the outbound listener."""
+
     async def stop(self, grace: float | None) -> None:
-        """Stop accepting calls; calls in flight get ``grace`` seconds (``None``: none)."""
+        """Both listeners stop accepting at once; calls in flight get ``grace`` seconds."""
+        await asyncio.gather(self.stop_inbound(grace), self.stop_outbound(grace))
+
+    @abc.abstractmethod
+    async def call_counts(self, direction: Direction) -> CallCounts | None:
+        """The calls of the ``direction`` listener (zeros when it is not configured);
+        ``None`` when the plane cannot tell now (the drain then assumes calls in flight)."""
 
     @abc.abstractmethod
     async def close(self, *, forced: bool) -> None:
@@ -131,8 +169,9 @@ def choose(config: SidecarConfig, environ: Mapping[str, str] | None = None) -> C
                 "data_plane: envoy cannot express "
                 + "; ".join(str(problem) for problem in problems)
             )
-        return Choice("envoy", f"data_plane: envoy in the config ({found.reason})",
-                      found.binary.path)
+        return Choice(
+            "envoy", f"data_plane: envoy in the config ({found.reason})", found.binary.path
+        )
     if found.binary is None:
         return Choice("python", f"{found.reason}; set data_plane: envoy to require it")
     if problems:

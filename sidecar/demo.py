@@ -389,7 +389,8 @@ def sidecar_config(backends: Sequence[EchoBackend]) -> str:
         "  routes: [{prefix: /, cluster: demo}]\n"
         "clusters:\n"
         f"  demo: {{target: '{target}', lb_policy: round_robin}}\n"
-        "drain: {drain_delay: 0s, grace_period: 2s}  # nobody to tell: stop at once\n"
+        "# nobody to tell and no app to outlive: stop at once\n"
+        "drain: {drain_delay: 0s, grace_period: 2s, outbound_idle: 0s}\n"
     )
 
 

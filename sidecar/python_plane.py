@@ -7,17 +7,25 @@ inbound listener forwards to the local app and serves ``grpc.health.v1`` (:mod:`
 
 A reload builds the new clusters first (unchanged ones are kept), swaps the router in one
 assignment, and closes the clusters no longer used after ``drain.grace_period``.
+
+Each listener stops on its own (the drain stops the inbound first, the outbound once the app is
+gone); its calls in flight are counted by a :class:`_CallTally` given to its proxy handler in
+place of (and forwarding to) the metrics. Each cluster's endpoints are logged, one line a
+cluster, when first resolved and on every change.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import weakref
 from typing import Any
 
 from health.aio import HealthService as AioHealthService
-from sidecar.clusters import ClusterSet, build_router
+from sidecar.access_log import AccessLog
+from sidecar.clusters import Cluster, ClusterSet, build_router
 from sidecar.config import SidecarConfig
-from sidecar.dataplane import ApplyError, DataPlane, PlaneContext, StartError
+from sidecar.dataplane import ApplyError, CallCounts, DataPlane, Direction, PlaneContext, StartError
 from sidecar.inbound import InboundListener
 from sidecar.lifecycle import ServerGroup, TaskSet
 from sidecar.outbound import OutboundListener
@@ -27,6 +35,45 @@ from telemetry.metrics import GrpcMetrics
 __all__ = ["PythonDataPlane"]
 
 _LOG = logging.getLogger("meshkit.sidecar")
+
+
+class _CallTally:
+    """Counts a listener's calls in flight through the hooks its proxy handler calls around
+    every call (``start`` / ``done``, the :class:`~telemetry.metrics.GrpcMetrics` API), and
+    passes everything on to the real metrics, if any."""
+
+    def __init__(self, metrics: Any) -> None:
+        self._metrics = metrics
+        self.active = 0
+        self.started = 0
+
+    def start(self, method: str, *args: Any) -> float:
+        """A call began."""
+        self.active += 1
+        self.started += 1
+        if self._metrics is not None:
+            return float(self._metrics.start(method, *args))
+        return time.perf_counter()
+
+    def done(self, method: str, *args: Any) -> None:
+        """A call ended (whatever its status)."""
+        self.active -= 1
+        if self._metrics is not None:
+            self._metrics.done(method, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._metrics, name)
+
+    def counts(self) -> CallCounts:
+        """What the drain watches."""
+        return CallCounts(self.active, self.started)
+
+
+def _endpoints_text(cluster: Cluster) -> str:
+    addresses = [sc.address for sc in cluster.channel.core.subchannels]
+    return ", ".join(
+        f"[{a.host}]:{a.port}" if ":" in a.host else f"{a.host}:{a.port}" for a in addresses
+    )
 
 
 class PythonDataPlane(DataPlane):
@@ -41,8 +88,13 @@ class PythonDataPlane(DataPlane):
         self.outbound: OutboundListener | None = None
         self.inbound: InboundListener | None = None
         self._metrics: GrpcMetrics | None = None
+        self._access_log: AccessLog | None = None
         self._closing = TaskSet()
-        self._stopped = False
+        self._stopped: set[Direction] = set()
+        self._tallies: dict[Direction, _CallTally] = {}
+        self._endpoints_logged: weakref.WeakKeyDictionary[Cluster, str] = (
+            weakref.WeakKeyDictionary()
+        )
         if config.telemetry.prometheus:
             self._metrics = GrpcMetrics(context.registry, "server")
             ClusterCollector(lambda: self.clusters.channels(), registry=context.registry)
@@ -59,13 +111,34 @@ class PythonDataPlane(DataPlane):
             self.clusters = ClusterSet.build(config.clusters)
         except (OSError, ValueError) as exc:
             raise StartError(f"clusters: {exc}") from None
-        extra: dict[str, Any] = {"metrics": self._metrics, "tracer": self.context.tracer}
+        self._log_endpoints(self.clusters)
+        tracer = self.context.tracer
+        self._tallies = {d: _CallTally(self._metrics) for d in ("outbound", "inbound")}
+        access_log = config.telemetry.access_log
+        if access_log.enabled:
+            try:
+                self._access_log = AccessLog(access_log.path)
+            except OSError as exc:
+                raise StartError(
+                    f"telemetry.access_log.path: cannot open {access_log.path}: {exc.strerror}"
+                ) from None
         try:
             if config.outbound is not None:
                 router = build_router(config.outbound, self.clusters)
-                self.outbound = OutboundListener(config.outbound, router, **extra)
+                self.outbound = OutboundListener(
+                    config.outbound,
+                    router,
+                    metrics=self._tallies["outbound"],
+                    tracer=tracer,
+                    access_log=self._access_log,
+                )
             if config.inbound is not None:
-                self.inbound = InboundListener(config.inbound, **extra)
+                self.inbound = InboundListener(
+                    config.inbound,
+                    metrics=self._tallies["inbound"],
+                    tracer=tracer,
+                    access_log=self._access_log,
+                )
         except OSError as exc:
             raise StartError(str(exc)) from None
         addresses: dict[str, str] = {}
@@ -77,8 +150,26 @@ class PythonDataPlane(DataPlane):
             addresses["inbound"] = self.inbound.address
         return addresses
 
-    def _servers(self) -> ServerGroup:
-        return ServerGroup([x.server for x in (self.outbound, self.inbound) if x is not None])
+    def _log_endpoints(self, clusters: ClusterSet) -> None:
+        """Log each cluster's endpoints when first resolved and on every change."""
+        for name in clusters:
+            cluster = clusters[name]
+            if cluster not in self._endpoints_logged:
+                self._endpoints_logged[cluster] = ""
+                cluster.channel.core.add_state_watcher(
+                    lambda cluster=cluster: self._endpoints_changed(cluster)
+                )
+                self._endpoints_changed(cluster)
+
+    def _endpoints_changed(self, cluster: Cluster) -> None:
+        text = _endpoints_text(cluster)
+        if text and text != self._endpoints_logged.get(cluster):
+            self._endpoints_logged[cluster] = text
+            _LOG.info("cluster %s: resolved %s", cluster.name, text)
+
+    def _server(self, direction: Direction) -> ServerGroup:
+        listener = self.outbound if direction == "outbound" else self.inbound
+        return ServerGroup([listener.server] if listener is not None else [])
 
     async def apply(self, config: SidecarConfig, rebuild: frozenset[str] = frozenset()) -> str:
         """Swap in ``config``'s clusters and routes; old clusters close after the grace."""
@@ -94,6 +185,7 @@ class PythonDataPlane(DataPlane):
         else:
             self.clusters = clusters
         self.config = config
+        self._log_endpoints(clusters)
         grace = float(config.drain.grace_period)
         retired = old_clusters.retired_by(clusters)
         for cluster in retired:
@@ -115,15 +207,26 @@ class PythonDataPlane(DataPlane):
             except ApplyError as exc:
                 _LOG.error("TLS reload failed, keeping the running channels: %s", exc)
 
-    async def stop(self, grace: float | None) -> None:
-        """Stop both listeners together."""
-        self._stopped = True
-        await self._servers().stop(grace)
+    async def stop_inbound(self, grace: float | None) -> None:
+        """The inbound server stops accepting; its calls get ``grace`` seconds."""
+        self._stopped.add("inbound")
+        await self._server("inbound").stop(grace)
+
+    async def stop_outbound(self, grace: float | None) -> None:
+        """The outbound server stops accepting; its calls get ``grace`` seconds."""
+        self._stopped.add("outbound")
+        await self._server("outbound").stop(grace)
+
+    async def call_counts(self, direction: Direction) -> CallCounts | None:
+        """Counted by the listener's :class:`_CallTally`."""
+        tally = self._tallies.get(direction)
+        return tally.counts() if tally is not None else CallCounts()
 
     async def close(self, *, forced: bool) -> None:
         """Stop the listeners if still running, close the app channel and every cluster."""
-        if not self._stopped:  # start-up failed after the servers were created
-            await self.stop(None)
+        for direction in ("inbound", "outbound"):
+            if direction not in self._stopped:  # e.g. start-up failed after binding
+                await self._server(direction).stop(None)
         if forced:
             await self._closing.cancel()
         else:
@@ -131,6 +234,8 @@ class PythonDataPlane(DataPlane):
         if self.inbound is not None:
             await self.inbound.close()
         await self.clusters.close(None)
+        if self._access_log is not None:
+            self._access_log.close()
 
     def ready(self) -> tuple[bool, str]:
         """Every cluster resolved once, and the local app healthy (when inbound is on)."""

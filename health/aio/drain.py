@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
@@ -24,6 +24,12 @@ class GracefulDrain:
         drain.install_signal_handlers()
         await server.start()
         await drain.wait()          # returns once a drain has stopped the server
+
+    ``delay_done``: awaited (called once the drain begins) alongside ``drain_delay``; when it
+    returns first, the delay ends then: e.g. a proxy whose only backend is already gone
+    serves on for nothing, and its clients fail over sooner on a refused connection than on
+    failed calls. ``server`` may be anything with ``async stop(grace)`` that a second
+    ``stop(None)`` cuts short (the sidecar passes its shutdown sequence).
     """
 
     def __init__(
@@ -33,11 +39,13 @@ class GracefulDrain:
         config: DrainConfig | None = None,
         *,
         on_event: Callable[[str], None] | None = None,
+        delay_done: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._server = server
         self._health = health
         self.config = config or DrainConfig()
         self._on_event = on_event
+        self._delay_done = delay_done
         self._task: asyncio.Task[None] | None = None
         self._forced = asyncio.Event()
         self._requested = asyncio.Event()
@@ -114,11 +122,30 @@ class GracefulDrain:
         self._event("stopped")
 
     async def _forced_within(self, delay: float) -> bool:
+        """Wait out ``delay`` (less if ``delay_done`` returns first); whether forced."""
+        forcing: asyncio.Future[object] = asyncio.ensure_future(self._forced.wait())
+        waiting = {forcing}
+        if self._delay_done is not None:
+            waiting.add(asyncio.ensure_future(self._delay_done()))
+        deadline = asyncio.get_running_loop().time() + delay
         try:
-            await asyncio.wait_for(self._forced.wait(), delay)
-        except asyncio.TimeoutError:
-            return False
-        return True
+            while not self._forced.is_set():
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                done, _ = await asyncio.wait(
+                    waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                failed = [t for t in done if t is not forcing and t.exception() is not None]
+                if not failed:
+                    break  # forced, the delay is over, or delay_done returned
+                _LOG.warning("graceful drain: delay_done failed: %r", failed[0].exception())
+                waiting.difference_update(failed)  # wait out the rest of the delay
+        finally:
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+        return self._forced.is_set()
 
     def _event(self, what: str) -> None:
         _LOG.info("graceful drain: %s", what)

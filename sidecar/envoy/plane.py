@@ -18,8 +18,12 @@ types), a rotated TLS or token file (SDS / LDS). The ADS server sends only the t
 content changed; Envoy applies them without a restart and without touching calls in flight.
 If Envoy dies it is restarted with back-off and fetches the current snapshot again.
 
-Drain: ``stop(grace)`` asks Envoy to drain its listeners gracefully (HTTP/2 GOAWAY, no new
-connections), waits for its active requests to end or ``grace`` to pass, then stops it.
+Drain, one direction at a time (the listeners carry ``traffic_direction``): ``stop_inbound``
+asks Envoy to drain the INBOUND listener (``/drain_listeners?inboundonly``: HTTP/2 GOAWAY, then
+no new connections) and waits for its requests in flight (``http.inbound.downstream_rq_active``)
+to end or ``grace`` to pass, while the outbound listener serves on; ``stop_outbound`` then
+drains every listener and waits for the outbound's requests. Envoy itself stops at ``close``.
+Each cluster's endpoints are logged when first resolved and on every change.
 """
 
 from __future__ import annotations
@@ -42,11 +46,19 @@ from health.aio import HealthService as AioHealthService
 from sidecar.app_health import LocalHealth
 from sidecar.auth import parse_tokens
 from sidecar.config import ListenAddress, SidecarConfig
-from sidecar.dataplane import ApplyError, DataPlane, PlaneContext, StartError
+from sidecar.dataplane import (
+    ApplyError,
+    CallCounts,
+    DataPlane,
+    Direction,
+    PlaneContext,
+    StartError,
+)
 from sidecar.envoy import protos
+from sidecar.envoy.admin_client import AdminError
 from sidecar.envoy.bootstrap import bootstrap
 from sidecar.envoy.endpoints import EndpointWatcher
-from sidecar.envoy.metrics import EnvoyCollector, read_clusters_view
+from sidecar.envoy.metrics import EnvoyCollector, meshkit_scope, read_clusters_view
 from sidecar.envoy.process import EnvoyProcess, EnvoyStartError
 from sidecar.envoy.translate import (
     RUNTIME,
@@ -201,14 +213,16 @@ class EnvoyDataPlane(DataPlane):
         self._tokens: tuple[str, ...] = ()
         self._push_pending = False
         self._stopped = False
+        self._endpoints_logged: dict[str, str] = {}
         self._bound: dict[str, str] = {}
         self._routes_of: Any = None
-        self._kinds: Router[str] = Router([])
+        self._kinds: Router[str | None] = Router([])
         self._collector: EnvoyCollector | None = None
         if config.telemetry.prometheus:
             self._collector = EnvoyCollector(
                 lambda: self._envoy.admin if self._envoy is not None else None,
                 registry=context.registry,
+                scope=meshkit_scope,
                 grpc_type=self._grpc_type,
             )
             # The same meshkit_cluster_* families as the Python plane, from Envoy's view.
@@ -394,10 +408,26 @@ class EnvoyDataPlane(DataPlane):
         _LOG.debug("snapshot pushed in %.1f ms", (time.perf_counter() - started) * 1000)
 
     def _endpoints_changed(self, cluster: str) -> None:
+        self._log_endpoints(cluster)
         # Resolvers of several clusters may answer in one loop turn: one push for all.
         if not self._push_pending:
             self._push_pending = True
             asyncio.get_running_loop().call_soon(self._push_soon)
+
+    def _log_endpoints(self, name: str) -> None:
+        """One line per change of a cluster's endpoints; the first answer is logged by the
+        watcher itself."""
+        cluster = self._watcher.clusters.get(name)
+        if cluster is None:
+            return
+        text = ", ".join(
+            f"[{e.host}]:{e.port}" if ":" in e.host else f"{e.host}:{e.port}"
+            for e in cluster.endpoints
+        )
+        previous = self._endpoints_logged.get(name)
+        self._endpoints_logged[name] = text
+        if previous and text != previous:
+            _LOG.info("cluster %s: resolved %s", name, text or "no endpoints")
 
     def _push_soon(self) -> None:
         self._push_pending = False
@@ -451,29 +481,55 @@ class EnvoyDataPlane(DataPlane):
             self._files, self._tokens = files, tokens
             self._push()
 
-    async def stop(self, grace: float | None) -> None:
-        """Drain Envoy's listeners, wait for its requests in flight (at most ``grace``)."""
-        self._stopped = True
+    async def stop_inbound(self, grace: float | None) -> None:
+        """Drain the inbound listener; wait for its requests in flight (at most ``grace``)."""
+        if self.config.inbound is not None:
+            await self._stop_direction("inbound", grace)
+
+    async def stop_outbound(self, grace: float | None) -> None:
+        """Drain every listener (the inbound one is drained already); wait for the outbound
+        requests in flight (at most ``grace``)."""
+        await self._stop_direction("outbound", grace)
+
+    async def _stop_direction(self, direction: Direction, grace: float | None) -> None:
         envoy = self._envoy
         if envoy is None:
             return
-        if grace:
-            # Graceful first: the drain sequence (--drain-strategy immediate) sends every
-            # connection a GOAWAY at once, so clients stop opening streams on them; then the
-            # listeners close now rather than after --drain-time-s, as a grpc server's stop()
-            # refuses new calls at once. Calls in flight go on.
-            await envoy.drain(graceful=True)
-            await envoy.drain(graceful=False)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._until_idle(envoy), grace)
-        await envoy.stop(0.0)
+        if not grace:
+            # At once: Envoy goes, cutting every call (any pending stop sees it gone).
+            self._stopped = True
+            await envoy.stop(0.0)
+            return
+        inbound_only = direction == "inbound"
+        # Graceful first: the drain sequence (--drain-strategy immediate) sends every
+        # connection of the direction a GOAWAY at once, so clients stop opening streams on
+        # them; then the listeners close now rather than after --drain-time-s, as a grpc
+        # server's stop() refuses new calls at once. Calls in flight go on.
+        await envoy.drain(graceful=True, inbound_only=inbound_only)
+        await envoy.drain(graceful=False, inbound_only=inbound_only)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._until_idle(envoy, direction), grace)
 
-    @staticmethod
-    async def _until_idle(envoy: EnvoyProcess) -> None:
+    async def _until_idle(self, envoy: EnvoyProcess, direction: Direction) -> None:
         while True:
-            if await envoy.active_requests() == 0:
+            try:
+                active, _ = await envoy.request_counts(direction)
+            except AdminError:
+                active = -1  # cannot tell now: wait on (the grace bounds it)
+            if active == 0:
                 return
             await asyncio.sleep(_DRAIN_POLL)
+
+    async def call_counts(self, direction: Direction) -> CallCounts | None:
+        """From Envoy's stats: ``http.<direction>.downstream_rq_active`` and ``_total``."""
+        envoy = self._envoy
+        if envoy is None or getattr(self.config, direction) is None:
+            return CallCounts()
+        try:
+            active, started = await envoy.request_counts(direction)
+        except AdminError:
+            return None  # its admin does not answer now: cannot tell
+        return CallCounts(active, started)
 
     async def close(self, *, forced: bool) -> None:
         """Stop Envoy (if still running), the ADS and health servers, the resolvers."""

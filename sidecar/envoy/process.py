@@ -274,6 +274,26 @@ class EnvoyProcess:
             return 0
         return await _active_requests(admin, admin.timeout)
 
+    async def request_counts(self, stat_prefix: str) -> tuple[int, int]:
+        """(in flight, started) on the HTTP listener with ``stat_prefix``
+        (``http.<stat_prefix>.downstream_rq_active`` / ``_total``); zeros when no Envoy runs.
+        Raises :class:`AdminError` when Envoy's admin does not answer."""
+        admin = self._admin
+        if admin is None or not self.running:
+            return 0, 0
+        prefix = re.escape(stat_prefix)
+        document = await admin.astats_json(
+            filter_regex=rf"^http\.{prefix}\.downstream_rq_(active|total)$",
+            timeout=admin.timeout,
+        )
+        values = {"active": 0, "total": 0}
+        for stat in document.get("stats", ()):
+            name = str(stat.get("name", "")) if isinstance(stat, dict) else ""
+            kind = name.rsplit("_", 1)[-1]
+            if name.startswith(f"http.{stat_prefix}.") and kind in values:
+                values[kind] = int(stat.get("value", 0) or 0)
+        return values["active"], values["total"]
+
     # -- life ---------------------------------------------------------------------------------
 
     async def start(self, *, timeout: float | None = None) -> None:
@@ -385,7 +405,7 @@ class EnvoyProcess:
         assert proc.stdout is not None and proc.stderr is not None
         loop = asyncio.get_running_loop()
         self._pumps = [
-            loop.create_task(self._pump(proc.stdout), name="envoy-stdout"),
+            loop.create_task(self._pump(proc.stdout, stdout=True), name="envoy-stdout"),
             loop.create_task(self._pump(proc.stderr), name="envoy-stderr"),
         ]
         try:
@@ -450,8 +470,9 @@ class EnvoyProcess:
         ]
         return ": " + " | ".join(lines) if lines else ""
 
-    async def _pump(self, stream: asyncio.StreamReader) -> None:
-        """Forward Envoy's output, line by line, to logging."""
+    async def _pump(self, stream: asyncio.StreamReader, stdout: bool = False) -> None:
+        """Forward Envoy's output, line by line, to logging; on ``stdout``, access log lines
+        (JSON objects: Envoy's own log goes to stderr) to the sidecar's standard output."""
         while True:
             try:
                 raw = await stream.readline()
@@ -459,6 +480,10 @@ class EnvoyProcess:
                 continue
             if not raw:
                 return
+            if stdout and raw.startswith(b"{"):
+                sys.stdout.buffer.write(raw if raw.endswith(b"\n") else raw + b"\n")
+                sys.stdout.flush()
+                continue
             line = raw.decode("utf-8", "replace").rstrip()[:_MAX_LINE]
             if not line:
                 continue

@@ -113,10 +113,10 @@ async def health_status(address: str) -> int:
 
 
 async def test_sigterm_drains_calls_in_flight(sidecars: Sidecars, echo: EchoServer) -> None:
-    drain_delay, grace = 0.5, 5.0
+    drain_delay, grace, idle = 0.5, 5.0, 0.3
     config = outbound_config(static(echo))
     config["inbound"] = {"listen": "127.0.0.1:0", "app": echo.address}
-    config["drain"] = {"drain_delay": drain_delay, "grace_period": grace}
+    config["drain"] = {"drain_delay": drain_delay, "grace_period": grace, "outbound_idle": idle}
     sidecar = await sidecars.start(config)
     assert await health_status(sidecar.inbound) == health_pb2.HealthCheckResponse.SERVING
 
@@ -135,17 +135,64 @@ async def test_sigterm_drains_calls_in_flight(sidecars: Sidecars, echo: EchoServ
     )
     assert await health_status(sidecar.inbound) == health_pb2.HealthCheckResponse.NOT_SERVING
     await sidecar.wait_log("graceful drain: stopping", timeout=5)
-    # Refused from now on: at once for grpc's server.stop(), within the two admin requests
-    # that close Envoy's listeners on the Envoy plane.
+    # The inbound listener refuses from now on: at once for grpc's server.stop(), within the
+    # two admin requests that close Envoy's inbound listener on the Envoy plane.
     await wait_until(
-        lambda: _refused(sidecar.outbound), timeout=2, message="new calls refused (UNAVAILABLE)"
+        lambda: _refused(sidecar.inbound), timeout=2, message="new inbound calls refused"
     )
+    # The outbound one serves on while the local app is there (it may still call out).
+    assert await unary(sidecar.outbound, "late") == "echo"
 
     replies = await asyncio.gather(*in_flight)
     assert sorted(r.message for r in replies) == ["0", "1", "2"]
-    assert await sidecar.wait_exit(timeout=drain_delay + grace + 3) == 0
+    assert sidecar.process.poll() is None
+    app_gone = time.monotonic()
+    await echo.stop(None)  # the app exits: nothing can call out any more
+    assert await sidecar.wait_exit(timeout=idle + 5) == 0
+    assert time.monotonic() - app_gone < idle + 2
     assert time.monotonic() - started < drain_delay + grace
+    assert "the local app is gone" in sidecar.log
     await channel.close()
+
+
+async def test_outbound_only_sidecar_waits_for_calls_to_stop(
+    sidecars: Sidecars, echo: EchoServer
+) -> None:
+    idle = 0.5
+    config = outbound_config(static(echo))
+    config["drain"] = {"drain_delay": "5s", "grace_period": "5s", "outbound_idle": idle}
+    sidecar = await sidecars.start(config)
+    async with grpc.aio.insecure_channel(sidecar.outbound) as channel:
+        stub = EchoStub(channel)
+        sidecar.send(signal.SIGTERM)
+        await sidecar.wait_log("graceful drain: draining", timeout=5)
+        signalled = time.monotonic()
+        calls = 0
+        # an app still at work: back-to-back calls keep the outbound listener open past the
+        # idle period (and drain_delay does not apply: there is no inbound listener to drain)
+        while time.monotonic() - signalled < 3 * idle:
+            await stub.Unary(EchoRequest(message="busy", delay_s=0.1), timeout=5)
+            calls += 1
+        stopped_calling = time.monotonic()
+        assert sidecar.process.poll() is None
+    assert await sidecar.wait_exit(timeout=5) == 0
+    assert time.monotonic() - stopped_calling < idle + 2
+    assert calls >= 5
+    assert f"no outbound call for {idle:g} s" in sidecar.log
+
+
+async def test_outbound_max_wait_bounds_the_wait_for_the_app(
+    sidecars: Sidecars, echo: EchoServer
+) -> None:
+    config = outbound_config(static(echo))
+    config["inbound"] = {"listen": "127.0.0.1:0", "app": echo.address}
+    config["drain"] = {"drain_delay": "0.2s", "grace_period": "5s", "outbound_max_wait": "1s"}
+    sidecar = await sidecars.start(config)
+    signalled = time.monotonic()
+    sidecar.send(signal.SIGTERM)
+    assert await sidecar.wait_exit(timeout=5) == 0  # the app never left
+    assert 1.0 <= time.monotonic() - signalled < 4
+    assert "outbound_max_wait (1s) reached" in sidecar.log
 
 
 async def _refused(address: str) -> bool:

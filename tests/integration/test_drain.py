@@ -310,3 +310,50 @@ def test_sync_drain_by_method_call() -> None:
         assert [r.status for r in stream] in ([], [health_pb2.HealthCheckResponse.NOT_SERVING])
     assert events == ["draining", "stopping", "stopped"]
     assert not drain.forced
+
+
+class _Stops:
+    """Stands for a server: records when and how the drain stopped it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, float | None]] = []
+
+    async def stop(self, grace: float | None) -> None:
+        self.calls.append((time.monotonic(), grace))
+
+
+async def test_aio_delay_done_ends_the_drain_delay_early() -> None:
+    """``delay_done`` returning first ends the delay then (the sidecar: its app is gone)."""
+    server, gone = _Stops(), asyncio.Event()
+    drain = aio.GracefulDrain(
+        server,
+        config=DrainConfig(drain_delay=30, grace=5),
+        delay_done=gone.wait,
+    )
+    drain.request()
+    assert server.calls == []
+    set_at = time.monotonic()
+    gone.set()
+    await asyncio.wait_for(drain.wait(), 5)
+    ((stopped_at, grace),) = server.calls
+    assert grace == 5 and stopped_at - set_at < 1.0
+    assert not drain.forced
+
+
+async def test_aio_failing_delay_done_waits_the_whole_delay(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken() -> None:
+        raise RuntimeError("cannot tell")
+
+    server = _Stops()
+    drain = aio.GracefulDrain(
+        server,
+        config=DrainConfig(drain_delay=0.3, grace=5),
+        delay_done=broken,
+    )
+    started = time.monotonic()
+    await asyncio.wait_for(drain.drain(), 5)
+    ((stopped_at, grace),) = server.calls
+    assert stopped_at - started >= 0.3 and grace == 5
+    assert "delay_done failed: RuntimeError('cannot tell')" in caplog.text
