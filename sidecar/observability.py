@@ -38,6 +38,8 @@ def build_tracer(settings: TracingConfig, *, set_global: bool = False) -> Tracin
         settings.otlp_endpoint,
         settings.sample_ratio,
         settings.service_name,
+        protocol=settings.protocol,
+        headers=settings.headers,
         set_global=set_global,
     )
     return Tracing(provider, provider.get_tracer(TRACER_NAME))

@@ -8,10 +8,15 @@ Built by factory functions, never installed process-wide: pass the result to
         metrics=GrpcMetrics(registry, "client"), tracer_provider=provider,
         filter_=negate(health_check())))
 
-Spans are named ``pkg.Service/Method`` with ``rpc.system``, ``rpc.service``, ``rpc.method`` and
-``rpc.grpc.status_code``; a non-OK status marks the span as an error. The client injects W3C
-trace context into the call's metadata (``traceparent``), the server extracts it, so the server
-span is a child of the client span across the hop.
+Spans follow the OpenTelemetry RPC conventions: named ``pkg.Service/Method``, with
+``rpc.system``, ``rpc.service``, ``rpc.method``, ``rpc.grpc.status_code``, ``server.address`` /
+``server.port`` (from the factories' ``server_address``) and, on servers, the caller's
+``network.peer.address`` / ``network.peer.port``. A client span is an error for any non-OK
+status, a server span only for the server's own faults (UNKNOWN, DEADLINE_EXCEEDED,
+UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS: see :data:`telemetry.tracing.SERVER_FAULT_CODES`);
+the error's description is the status details as sent. The client injects W3C trace context
+into the call's metadata (``traceparent``), the server extracts it, so the server span is a
+child of the client span across the hop.
 
 A filter is a predicate on the full method name (``/pkg.Service/Method``): calls it rejects get
 neither metrics nor spans (and no trace context is injected for them).
@@ -28,7 +33,7 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import SpanKind, TracerProvider
 
 from telemetry.metrics import (
     BIDI_STREAM,
@@ -38,7 +43,15 @@ from telemetry.metrics import (
     GrpcMetrics,
     RpcKind,
 )
-from telemetry.tracing import extract_context, inject_context
+from telemetry.tracing import (
+    end_rpc_span,
+    extract_context,
+    inject_context,
+    peer_attributes,
+    rpc_attributes,
+    server_attributes,
+    status_of,
+)
 
 __all__ = [
     "Filter",
@@ -110,19 +123,10 @@ _KIND_OF: Final[dict[tuple[bool, bool], RpcKind]] = {
 }
 
 
-def _status_code_of(exc: BaseException) -> grpc.StatusCode:
-    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
-        code: grpc.StatusCode = exc.code()  # an AioRpcError, or a sync error that is a Call
-        return code
-    if isinstance(exc, asyncio.CancelledError):
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.UNKNOWN
-
-
 class _Instrumentation:
     """What one interceptor records: metrics (optional), a tracer, a filter."""
 
-    __slots__ = ("filter", "kind", "metrics", "tracer")
+    __slots__ = ("filter", "kind", "metrics", "server", "tracer")
 
     def __init__(
         self,
@@ -130,11 +134,14 @@ class _Instrumentation:
         tracer_provider: TracerProvider | None,
         filter_: Filter | None,
         kind: SpanKind,
+        server_address: str | None = None,
     ) -> None:
         self.metrics = metrics
         self.tracer = trace.get_tracer(_TRACER_NAME, tracer_provider=tracer_provider)
         self.filter = filter_
         self.kind = kind
+        # parsed once: the same attributes go on every span of this channel or server
+        self.server = server_attributes(server_address)
 
     def wants(self, method: str) -> bool:
         return self.filter is None or self.filter(method)
@@ -154,23 +161,28 @@ class _Rpc:
         "method",
         "metrics",
         "on_error",
+        "server",
         "span",
         "started_at",
     )
 
     def __init__(
-        self, inst: _Instrumentation, method: str, kind: RpcKind, parent: Context | None
+        self,
+        inst: _Instrumentation,
+        method: str,
+        kind: RpcKind,
+        parent: Context | None,
+        peer: str | None = None,
     ) -> None:
         self.method = method
         self.kind = kind
         self.metrics = inst.metrics
-        name = method.lstrip("/")
-        service, _, short = name.rpartition("/")
+        self.server = inst.kind is SpanKind.SERVER
         self.span = inst.tracer.start_span(
-            name,
+            method.lstrip("/"),
             context=parent,
             kind=inst.kind,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": short},
+            attributes={**rpc_attributes(method), **inst.server, **peer_attributes(peer)},
         )
         self.started_at = self.metrics.start(method, kind) if self.metrics else 0.0
         self._finished = False
@@ -192,11 +204,7 @@ class _Rpc:
         self._finished = True
         if self.metrics is not None:
             self.metrics.done(self.method, self.kind, code, self.started_at)
-        span = self.span
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code is not grpc.StatusCode.OK:
-            span.set_status(Status(StatusCode.ERROR, details or code.name))
-        span.end()
+        end_rpc_span(self.span, code, details, server=self.server)
 
     def context(self) -> Context:
         """A context with this call's span current (built once: streams attach it per step)."""
@@ -282,7 +290,7 @@ class _AioClientBase:
         try:
             call = await make_call()
         except BaseException as exc:
-            rpc.finish(_status_code_of(exc), str(exc))
+            rpc.finish(*status_of(exc))
             raise
         call.add_done_callback(_on_client_done(rpc, unary_response))
         return call
@@ -359,13 +367,17 @@ def aio_client_interceptors(
     metrics: GrpcMetrics | None = None,
     tracer_provider: TracerProvider | None = None,
     filter_: Filter | None = None,
+    *,
+    server_address: str | None = None,
 ) -> list[grpc.aio.ClientInterceptor]:
     """Interceptors for a ``grpc.aio`` channel, one per call type (grpc.aio needs that).
 
     ``metrics`` should be a ``GrpcMetrics(side="client")``; ``None`` records no metrics.
     ``tracer_provider=None`` uses the global one (a no-op unless the application set one).
+    ``server_address`` (the channel's target: ``host:port`` or a gRPC target) gives the spans
+    ``server.address`` / ``server.port``: grpc does not tell interceptors where a call goes.
     """
-    inst = _Instrumentation(metrics, tracer_provider, filter_, SpanKind.CLIENT)
+    inst = _Instrumentation(metrics, tracer_provider, filter_, SpanKind.CLIENT, server_address)
     return [
         _AioUnaryUnary(inst),
         _AioUnaryStream(inst),
@@ -434,7 +446,7 @@ class _SyncClientInterceptor(
         try:
             call = continuation(_SyncCallDetails(details, tuple(pairs)), request)
         except BaseException as exc:
-            rpc.finish(_status_code_of(exc), str(exc))
+            rpc.finish(*status_of(exc))
             raise
         # Called at once when the call is already over (a blocking unary call), else when it is.
         call.add_done_callback(_on_client_done(rpc, unary_response, _same))
@@ -459,6 +471,8 @@ def client_interceptors(
     metrics: GrpcMetrics | None = None,
     tracer_provider: TracerProvider | None = None,
     filter_: Filter | None = None,
+    *,
+    server_address: str | None = None,
 ) -> list[
     grpc.UnaryUnaryClientInterceptor
     | grpc.UnaryStreamClientInterceptor
@@ -472,25 +486,28 @@ def client_interceptors(
     A call is recorded when it ends (a streaming response: when the call finishes, not when
     its iterator is created).
     """
-    inst = _Instrumentation(metrics, tracer_provider, filter_, SpanKind.CLIENT)
+    inst = _Instrumentation(metrics, tracer_provider, filter_, SpanKind.CLIENT, server_address)
     return [_SyncClientInterceptor(inst)]
 
 
 # -- asyncio server -----------------------------------------------------------------------------
 
 
-def _server_error_code(context: Any, exc: BaseException) -> grpc.StatusCode:
+def _server_error_status(context: Any, exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status an aio handler's exception ends its call with, read as it is raised."""
     code: grpc.StatusCode | None = context.code()
     if code is not None and code is not grpc.StatusCode.OK:
-        return code  # context.abort() sets the code, then raises
+        # context.abort() sets code and details, then raises an exception whose text is
+        # grpc's "Locally aborted.", not what the client receives: read the context.
+        return code, context.details() or ""
     if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
         # grpc cancels the handler both when the client cancels and when the deadline passes
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.UNKNOWN  # what grpc sends for an unhandled exception
+            return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+        return grpc.StatusCode.CANCELLED, "cancelled"
+    # what grpc sends for an unhandled exception
+    return grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
 
 
 def _finish_when_done(rpc: _Rpc, context: Any) -> None:
@@ -504,13 +521,13 @@ def _finish_when_done(rpc: _Rpc, context: Any) -> None:
 
     def on_error(exc: BaseException) -> None:
         if not failure:
-            failure.append((_server_error_code(context, exc), str(exc)))
+            failure.append(_server_error_status(context, exc))
 
     def on_done(ctx: Any) -> None:
         if failure:
             rpc.finish(*failure[0])
         else:
-            rpc.finish(ctx.code() or grpc.StatusCode.OK)
+            rpc.finish(ctx.code() or grpc.StatusCode.OK, ctx.details() or None)
 
     rpc.on_error = on_error
     context.add_done_callback(on_done)
@@ -528,7 +545,7 @@ def _wrap_handler(inst: _Instrumentation, handler: Any, method: str, metadata: A
     parent = extract_context(metadata)
 
     def begin(request_or_iterator: Any, context: Any) -> tuple[_Rpc, Any]:
-        rpc = _Rpc(inst, method, kind, parent)
+        rpc = _Rpc(inst, method, kind, parent, context.peer())
         _finish_when_done(rpc, context)
         if not handler.request_streaming:
             rpc.received()
@@ -599,33 +616,40 @@ def aio_server_interceptor(
     metrics: GrpcMetrics | None = None,
     tracer_provider: TracerProvider | None = None,
     filter_: Filter | None = None,
+    *,
+    server_address: str | None = None,
 ) -> grpc.aio.ServerInterceptor:
     """A ``grpc.aio`` server interceptor; ``metrics`` should be ``GrpcMetrics(side="server")``.
 
     The server span is current while the handler runs, so the handler's own spans (and its
     outgoing calls through :func:`aio_client_interceptors`) become its children.
+    ``server_address`` (``host:port`` the clients use) gives ``server.address`` /
+    ``server.port``; the caller's address comes from grpc (``network.peer.*``).
     """
     return _AioServerInterceptor(
-        _Instrumentation(metrics, tracer_provider, filter_, SpanKind.SERVER)
+        _Instrumentation(metrics, tracer_provider, filter_, SpanKind.SERVER, server_address)
     )
 
 
 # -- sync server --------------------------------------------------------------------------------
 
 
-def _sync_server_code(context: Any, exc: BaseException | None) -> grpc.StatusCode:
+def _sync_server_status(
+    context: Any, exc: BaseException | None
+) -> tuple[grpc.StatusCode, str | None]:
     code: grpc.StatusCode | None = context.code()
     if code is not None and (exc is None or code is not grpc.StatusCode.OK):
-        return code
+        # abort() sets code and details, then raises an exception with no text of its own
+        return code, context.details() or None
     if isinstance(exc, GeneratorExit) or not context.is_active():
         # the call went away: its deadline passed, or the client cancelled
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        return grpc.StatusCode.CANCELLED
+            return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+        return grpc.StatusCode.CANCELLED, "cancelled"
     if exc is None:
-        return grpc.StatusCode.OK
-    return grpc.StatusCode.UNKNOWN
+        return grpc.StatusCode.OK, None
+    return grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
 
 
 def _wrap_sync_handler(inst: _Instrumentation, handler: Any, method: str, metadata: Any) -> Any:
@@ -637,39 +661,39 @@ def _wrap_sync_handler(inst: _Instrumentation, handler: Any, method: str, metada
     kind = _KIND_OF[(req_stream, resp_stream)]
     parent = extract_context(metadata)
 
-    def begin(request: Any) -> tuple[_Rpc, Any]:
-        rpc = _Rpc(inst, method, kind, parent)
+    def begin(request: Any, context: Any) -> tuple[_Rpc, Any]:
+        rpc = _Rpc(inst, method, kind, parent, context.peer())
         if not req_stream:
             rpc.received()
             return rpc, request
         return rpc, _count_sync(request, rpc.received)
 
     def unary_response(request: Any, context: Any) -> Any:
-        rpc, request = begin(request)
+        rpc, request = begin(request, context)
         token = otel_context.attach(rpc.context())
         try:
             response = behavior(request, context)
         except BaseException as exc:
-            rpc.finish(_sync_server_code(context, exc), str(exc) or None)
+            rpc.finish(*_sync_server_status(context, exc))
             raise
         finally:
             otel_context.detach(token)
-        code = _sync_server_code(context, None)
+        code, details = _sync_server_status(context, None)
         if code is grpc.StatusCode.OK:
             rpc.sent()
-        rpc.finish(code)
+        rpc.finish(code, details)
         return response
 
     def stream_response(request: Any, context: Any) -> Iterator[Any]:
-        rpc, request = begin(request)
+        rpc, request = begin(request, context)
         try:
             for response in _attached(rpc, behavior(request, context)):
                 rpc.sent()
                 yield response
         except BaseException as exc:
-            rpc.finish(_sync_server_code(context, exc), str(exc) or None)
+            rpc.finish(*_sync_server_status(context, exc))
             raise
-        rpc.finish(_sync_server_code(context, None))
+        rpc.finish(*_sync_server_status(context, None))
 
     if resp_stream:
         make = _HANDLER_FACTORY[(req_stream, True)]
@@ -710,6 +734,8 @@ def server_interceptor(
     metrics: GrpcMetrics | None = None,
     tracer_provider: TracerProvider | None = None,
     filter_: Filter | None = None,
+    *,
+    server_address: str | None = None,
 ) -> grpc.ServerInterceptor:
     """The same as :func:`aio_server_interceptor` for a thread-pool ``grpc.server``.
 
@@ -717,5 +743,5 @@ def server_interceptor(
     status the handler returns.
     """
     return _SyncServerInterceptor(
-        _Instrumentation(metrics, tracer_provider, filter_, SpanKind.SERVER)
+        _Instrumentation(metrics, tracer_provider, filter_, SpanKind.SERVER, server_address)
     )
