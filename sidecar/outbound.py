@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from sidecar import proxy
+from sidecar.access_log import AccessLog, AccessLogHandler
 from sidecar.config import OutboundConfig, ServerKeepaliveConfig
 from sidecar.routing import Router
 
@@ -61,8 +62,14 @@ class OutboundListener:
         *,
         metrics: Any = None,
         tracer: Any = None,
+        access_log: AccessLog | None = None,
     ) -> None:
-        """Create the server and bind its address (``OSError`` when it cannot)."""
+        """Create the server and bind its address (``OSError`` when it cannot).
+
+        ``access_log``: where to write a line per call (``None``: no access log). Its
+        ``upstream_host`` stays null: the balanced channel picks the endpoint per call, out of
+        the relay's sight.
+        """
         self.router = router
         self.server = grpc.aio.server(
             options=listener_options(config.keepalive, config.max_concurrent_streams)
@@ -72,7 +79,10 @@ class OutboundListener:
             extra["metrics"] = metrics
         if tracer is not None:
             extra["tracer"] = tracer
-        self.server.add_generic_rpc_handlers((proxy.ProxyHandler(self.upstream_for, **extra),))
+        handler: grpc.GenericRpcHandler = proxy.ProxyHandler(self.upstream_for, **extra)
+        if access_log is not None:
+            handler = AccessLogHandler(handler, access_log, "outbound")
+        self.server.add_generic_rpc_handlers((handler,))
         self.host = config.listen.host
         self.port = bind(self.server, str(config.listen))
 

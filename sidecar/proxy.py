@@ -20,7 +20,10 @@ What is carried, per call:
 - cancellation both ways: a client cancel cancels the handler task, which cancels the upstream
   call; an upstream failure ends the downstream call with the upstream status;
 - the upstream's initial metadata (sent before the first message, also when no message
-  follows), then its status code, details and trailing metadata unchanged.
+  follows), then its status code, details and trailing metadata unchanged, also when the
+  upstream ends the call before it has read the request (an unknown method, an early answer):
+  grpc.aio replaces such a status with its own ``INTERNAL`` when the relay's pending send
+  fails, and :mod:`sidecar.relay_status` recovers the upstream's.
 
 Flow control is end to end: one upstream message is read, then written downstream with
 ``await context.write`` (which completes only once HTTP/2 flow control has taken it); the
@@ -56,6 +59,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from sidecar.relay_status import StatusGuard
 from telemetry.metrics import (
     BIDI_STREAM,
     CLIENT_STREAM,
@@ -688,9 +692,14 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             call = self._start(multicallable, request, deadline, headers, upstream, context)
             if call is None:
                 return None
+            guard = StatusGuard(call) if streaming else None
             try:
                 response = await call
-            except grpc.aio.AioRpcError as error:
+            except grpc.aio.AioRpcError as raised:
+                error = raised if guard is None else await guard.resolve(call, raised)
+                if error is None:  # the upstream ended OK; grpc.aio lost its reply
+                    self._internal(context, method, raised)
+                    return None
                 initial = error.initial_metadata()
                 failure = _Failed(error, answered=bool(initial))
                 if (replay is None or replay.replayable) and await self._retry_wait(
@@ -712,9 +721,12 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             initial = await call.initial_metadata()
             if initial:
                 await context.send_initial_metadata(initial)
-            trailing = await call.trailing_metadata()
+            if guard is None:
+                trailing = tuple(await call.trailing_metadata())
+            else:
+                trailing = await guard.trailing_metadata(call)
             if trailing:
-                context.set_trailing_metadata(tuple(trailing))
+                context.set_trailing_metadata(trailing)
             return response  # type: ignore[no-any-return]
 
     # -- streamed response (unary-stream, stream-stream) ---------------------------------------
@@ -733,9 +745,10 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         timeout = self._timeout(upstream, context)
         headers = self._headers(headers, context)
         multicallable = self._callable(upstream.channel, method, kind)
+        streaming = kind is RpcKind.STREAM_STREAM
         replay = (
             _RequestReplay(context, upstream.retry.max_buffer_bytes)
-            if kind is RpcKind.STREAM_STREAM and upstream.retry is not None
+            if streaming and upstream.retry is not None
             else None
         )
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
@@ -748,7 +761,7 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             if call is None:
                 return None
             try:
-                await self._relay(call, context)
+                await self._relay(call, context, streaming)
                 return
             except _Failed as failure:
                 if (replay is None or replay.replayable) and await self._retry_wait(
@@ -791,24 +804,33 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             return None
 
     @staticmethod
-    async def _relay(call: Any, context: grpc.aio.ServicerContext) -> None:
+    async def _relay(call: Any, context: grpc.aio.ServicerContext, streaming: bool) -> None:
         """Relay headers, messages and trailers of ``call``; raise :class:`_Failed` on error.
 
         Nothing is sent downstream until the upstream has answered something (headers or a
-        message), so a failure before that leaves the call retryable.
+        message), so a failure before that leaves the call retryable. ``streaming`` (the call
+        has a streaming request) reads the final status through a :class:`StatusGuard`.
         """
+        guard = StatusGuard(call) if streaming else None
         initial = await call.initial_metadata()
         answered = bool(initial)
         try:
             if answered:
                 await context.send_initial_metadata(initial)
-            message = await call.read()
-            while message is not _EOF:
+            # The async iterator rather than read(): read() refuses to return messages once the
+            # call looks done, and grpc.aio marks it done when a send fails, so a reply the
+            # upstream sent before ending the call would be lost, and grpc-core would hold the
+            # real status back until that reply is consumed (relay_status explains the rest).
+            async for message in call:
                 answered = True
                 await context.write(message)
-                message = await call.read()
-        except grpc.aio.AioRpcError as error:
-            raise _Failed(error, answered) from None
-        trailing = await call.trailing_metadata()
+        except grpc.aio.AioRpcError as raised:
+            error = raised if guard is None else await guard.resolve(call, raised)
+            if error is not None:
+                raise _Failed(error, answered) from None
+        if guard is None:
+            trailing = tuple(await call.trailing_metadata())
+        else:
+            trailing = await guard.trailing_metadata(call)
         if trailing:
-            context.set_trailing_metadata(tuple(trailing))
+            context.set_trailing_metadata(trailing)
