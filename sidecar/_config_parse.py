@@ -142,6 +142,8 @@ class Parser:
         value = self.value(_strip_optional(hint), raw, path)
         if f.metadata.get("file") and isinstance(value, str):
             return self.file(value, path)
+        if f.metadata.get("file") and isinstance(value, tuple):
+            return tuple(self.file(v, f"{path}[{i}]") for i, v in enumerate(value))
         return value
 
     def value(self, hint: Any, raw: object, path: str) -> Any:
@@ -555,6 +557,13 @@ def load_yaml(text: str, loader: Callable[[str], _Bounded] | None = None) -> Any
         raise
     except RecursionError:  # pragma: no cover - the depth limit comes first
         raise LimitError(None, None, f"nesting deeper than {MAX_DEPTH} levels", None) from None
+    except (ArithmeticError, LookupError, AttributeError, TypeError, ValueError) as exc:
+        # PyYAML's own constructors fail this way on some tagged scalars (``!!float ""`` is an
+        # IndexError, ``!!bool`` with no value a KeyError, ``!!timestamp ""`` an
+        # AttributeError): bad input, to be told as such, not a traceback.
+        raise ConstructorError(
+            None, None, f"a value YAML cannot build ({type(exc).__name__}: {exc})", None
+        ) from None
     finally:
         reader.dispose()
 

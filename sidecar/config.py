@@ -64,13 +64,14 @@ import types
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import grpc
 
 import balancers
 import resolvers
 from sidecar import _config_parse as _parse
+from sidecar import authz
 from sidecar._config_parse import CONFIG_PATH_VARIABLE, ENV_PREFIX
 from sidecar._config_values import (
     REDACTED,
@@ -85,6 +86,7 @@ from sidecar._config_values import (
     show,
 )
 from sidecar.routing import Router, shadowed_routes
+from telemetry import otlp
 
 __all__ = [
     "CONFIG_PATH_VARIABLE",
@@ -93,9 +95,11 @@ __all__ = [
     "MAX_COUNT",
     "MAX_DURATION",
     "REDACTED",
+    "AccessLogConfig",
     "AdminConfig",
     "AppHealthConfig",
     "AuthConfig",
+    "AuthorizationConfig",
     "ClusterConfig",
     "ClusterTlsConfig",
     "ConfigError",
@@ -109,6 +113,7 @@ __all__ = [
     "InboundTlsConfig",
     "KeepaliveConfig",
     "ListenAddress",
+    "OtelMetricsConfig",
     "OutboundConfig",
     "OutlierDetectionConfig",
     "ResolverConfig",
@@ -139,6 +144,7 @@ RPC_KINDS = ("stream_stream", "unary_unary", "unary_stream", "stream_unary")
 _ROUTE_PREFIX = re.compile(r"^/(?:[^/\s]+/(?:[^/\s]+)?)?$")
 _METADATA_KEY = re.compile(r"^[a-z0-9_.-]+$")
 _MAX_STREAMS = 2**31 - 1
+_MAX_DESCRIPTOR_SETS = 64
 # Kubernetes' default terminationGracePeriodSeconds: a longer drain gets SIGKILLed.
 _K8S_GRACE = 30.0
 # gRPC servers' default minimum interval between client pings without data (5 minutes).
@@ -148,6 +154,8 @@ _FILE = {"file": True}
 _SECRET_FILE = {"file": True, "secret": True}
 # A URL that may carry credentials (userinfo, query values): redacted, not hidden whole.
 _URL = {"url": True}
+# A value that is a credential as a whole (OTLP headers): dumps show only "<redacted>".
+_SECRET = {"secret": True}
 
 
 # --------------------------------------------------------------------------- checks
@@ -297,9 +305,15 @@ class ServerKeepaliveConfig(KeepaliveConfig):
 
 @dataclass(frozen=True)
 class AdminConfig(_Checked):
-    """The admin HTTP listener: ``/metrics``, ``/live``, ``/ready``, ``/clusters``, ``/config``."""
+    """The admin HTTP listener: ``/metrics``, ``/live``, ``/ready``, ``/clusters``, ``/config``.
+
+    ``/clusters`` and ``/config`` answer loopback peers only (403 to others) unless
+    ``expose_debug``: the port can face Prometheus and the kubelet without publishing the
+    mesh's topology and settings.
+    """
 
     listen: ListenAddress = field(default=ListenAddress("127.0.0.1", 9901))
+    expose_debug: bool = False
 
 
 @dataclass(frozen=True)
@@ -308,10 +322,13 @@ class Route(_Checked):
 
     ``timeout`` is the deadline applied when the caller set none (overrides the cluster's).
 
-    ``kind`` is the RPC kind of every method the route takes: ``stream_stream`` (the default,
-    correct for any method: the kind of a method is not on the wire), or a hint for a cheaper
-    forwarding path -- ``unary_unary``, ``unary_stream`` (server streaming) or
-    ``stream_unary`` (client streaming). Hint per method with a route per method path
+    ``kind`` is the RPC kind of every method the route takes. Null (the default): the kind
+    learned from the cluster's server reflection or a descriptor set (see
+    :class:`MethodKindsConfig`), else ``stream_stream``, correct for any method (the kind of a
+    method is not on the wire). A hint overrides what is learned: ``unary_unary``,
+    ``unary_stream`` (server streaming), ``stream_unary`` (client streaming) or
+    ``stream_stream``. The kind picks the forwarding path (unary is cheaper) and the
+    ``grpc_type`` metric label. Hint per method with a route per method path
     (``/pkg.Svc/Method``) ahead of the service's route. A wrong hint breaks calls: a unary
     request hint on a client- or bidi-streaming method forwards only the first request
     message, a unary response hint on a streaming method fails the call; only declare what
@@ -321,7 +338,7 @@ class Route(_Checked):
     prefix: str
     cluster: str
     timeout: Duration | None = None
-    kind: str = "stream_stream"
+    kind: str | None = None
 
     def _problems(self) -> Iterator[FieldError]:
         if not _ROUTE_PREFIX.match(self.prefix):
@@ -335,7 +352,7 @@ class Route(_Checked):
             )
         yield from _not_empty("cluster", self.cluster)
         yield from _positive("timeout", self.timeout)
-        if self.kind not in RPC_KINDS:
+        if self.kind is not None and self.kind not in RPC_KINDS:
             yield FieldError(
                 "kind", f"must be one of {', '.join(RPC_KINDS)} (got {show(self.kind)})"
             )
@@ -433,6 +450,42 @@ class AuthConfig(_Checked):
 
 
 @dataclass(frozen=True)
+class AuthorizationConfig(_Checked):
+    """Which callers the inbound listener serves, by the SPIFFE ID (URI SAN) of their
+    verified client certificate: one of ``allowed_ids`` exactly, or one of the globs in
+    ``allowed_san_patterns`` (``*`` within a path segment, ``**`` across segments; the trust
+    domain literal). Others get PERMISSION_DENIED; ``grpc.health.v1`` is always served.
+    Needs ``inbound.tls`` with ``require_client_cert: true`` and a ``client_ca``
+    (see :mod:`sidecar.authz`)."""
+
+    allowed_ids: tuple[str, ...] = ()
+    allowed_san_patterns: tuple[str, ...] = ()
+
+    def _normalize(self) -> None:
+        self._set("allowed_ids", tuple(self.allowed_ids))
+        self._set("allowed_san_patterns", tuple(self.allowed_san_patterns))
+
+    def _problems(self) -> Iterator[FieldError]:
+        if not self.allowed_ids and not self.allowed_san_patterns:
+            yield FieldError(
+                "", "must list allowed_ids or allowed_san_patterns (an empty list allows nobody)"
+            )
+        for i, spiffe_id in enumerate(self.allowed_ids):
+            problem = authz.spiffe_id_problem(spiffe_id)
+            if problem is not None:
+                yield FieldError(
+                    f"allowed_ids[{i}]", f"not a SPIFFE ID: {problem} (got {show(spiffe_id)})"
+                )
+        for i, pattern in enumerate(self.allowed_san_patterns):
+            problem = authz.pattern_problem(pattern)
+            if problem is not None:
+                yield FieldError(
+                    f"allowed_san_patterns[{i}]",
+                    f"not a SPIFFE ID glob: {problem} (got {show(pattern)})",
+                )
+
+
+@dataclass(frozen=True)
 class InboundConfig(_Checked):
     """The listener remote peers call, forwarding to the local ``app``."""
 
@@ -443,11 +496,21 @@ class InboundConfig(_Checked):
     auth: AuthConfig | None = None
     keepalive: ServerKeepaliveConfig = ServerKeepaliveConfig()
     max_concurrent_streams: int = 1000
+    authorization: AuthorizationConfig | None = None
 
     def _problems(self) -> Iterator[FieldError]:
         if self.listen.overlaps(self.app):
             yield FieldError(
                 "app", f"{self.app} is the inbound listener itself ({self.listen}): a loop"
+            )
+        tls = self.tls
+        if self.authorization is not None and (
+            tls is None or not tls.require_client_cert or tls.client_ca is None
+        ):
+            yield FieldError(
+                "authorization",
+                "needs verified client certificates: set inbound.tls with"
+                " require_client_cert: true and a client_ca",
             )
         yield from _range("max_concurrent_streams", self.max_concurrent_streams, 1, _MAX_STREAMS)
 
@@ -617,23 +680,193 @@ def _policy_names() -> frozenset[str]:
     return names | _BUILTIN_POLICIES
 
 
+class _Unset:
+    """Marks a default the ``OTEL_*`` variables may replace: the file said nothing."""
+
+
+class _DefaultStr(str, _Unset):
+    pass
+
+
+class _DefaultFloat(float, _Unset):
+    pass
+
+
+class _DefaultDuration(Duration, _Unset):
+    pass
+
+
+_S = TypeVar("_S", bound=_Checked)
+
+
+def _otlp_problems(section: Any, signal: otlp.Signal) -> Iterator[FieldError]:
+    """Checks shared by the OTLP exporters' settings, naming the ``OTEL_*`` variable a value
+    came from (``section._from``); header values are never shown (they hold credentials)."""
+    sources: dict[str, str] = getattr(section, "_from", {})
+    problems: list[FieldError] = list(getattr(section, "_env_problems", ()))
+    if section.protocol not in otlp.PROTOCOLS:
+        problems.append(
+            FieldError(
+                "protocol",
+                f"must be one of {', '.join(otlp.PROTOCOLS)} (got {show(section.protocol)})",
+            )
+        )
+    if section.otlp_endpoint is not None:
+        problems.extend(_endpoint_problems("otlp_endpoint", section.otlp_endpoint))
+    headers: Mapping[str, str] = section.headers or {}
+    for key in headers:
+        if not _METADATA_KEY.match(key):
+            problems.append(FieldError("headers", f"{show(key)}: names must match [a-z0-9_.-]+"))
+    for key, value in headers.items():
+        if control_problem(value) is not None or key.endswith("-bin"):
+            problems.append(FieldError("headers", f"{show(key)}: the value must be printable text"))
+    for problem in problems:
+        source = sources.get(problem.path)
+        yield FieldError(problem.path, f"from ${source}: {problem.message}") if source else problem
+
+
+def _otlp_from_environment(section: Any, signal: otlp.Signal, *, endpoint: bool) -> dict[str, str]:
+    """Fill the OTLP fields the file left unset from the ``OTEL_*`` variables (the endpoint
+    only when ``endpoint``); the names of the variables used, by field."""
+    env, used = os.environ, {}
+    default = str(section.protocol)
+    if isinstance(section.protocol, _Unset):
+        found = otlp.otel_exporter_variable(env, signal, "PROTOCOL")
+        section._set("protocol", found.value.lower() if found else default)
+        if found:
+            used["protocol"] = found.name
+    else:
+        section._set("protocol", section.protocol.lower())
+    if section.otlp_endpoint is None and endpoint:
+        found = otlp.otel_endpoint(env, signal, section.protocol)
+        if found is not None:
+            section._set("otlp_endpoint", found.value)
+            used["otlp_endpoint"] = found.name
+    if section.otlp_endpoint is None and "protocol" in used:
+        # exporting nothing: a variable meant for other exporters is none of its business
+        section._set("protocol", default)
+        del used["protocol"]
+    headers = {k.lower(): v for k, v in (section.headers or {}).items()}
+    if not headers and section.otlp_endpoint is not None:
+        found = otlp.otel_exporter_variable(env, signal, "HEADERS")
+        if found is not None:
+            used["headers"] = found.name
+            try:
+                headers = otlp.parse_headers(found.value)
+            except ValueError as exc:
+                section._env_problems.append(FieldError("headers", str(exc)))
+    # null when none: a redacted dump then still parses back to the same config
+    section._set("headers", types.MappingProxyType(headers) if headers else None)
+    return used
+
+
+def _from_environment(cls: type[_S]) -> _S:
+    """A telemetry section the file omits, built from the ``OTEL_*`` variables alone; its
+    errors (a bad variable) name the section, as the parser does for written ones."""
+    try:
+        return cls()
+    except ConfigError as exc:
+        section = "tracing" if cls is TracingConfig else "otel_metrics"
+        raise ConfigError(e.under(f"telemetry.{section}") for e in exc.errors) from None
+
+
 @dataclass(frozen=True)
 class TracingConfig(_Checked):
-    """OpenTelemetry tracing; off while ``otlp_endpoint`` (``host:port`` or URL) is null.
+    """OpenTelemetry tracing; off while ``otlp_endpoint`` is null.
+
+    ``otlp_endpoint``: ``http://host:port`` is plaintext (an in-cluster collector),
+    ``https://...`` TLS, a bare ``host:port`` plaintext on loopback only, TLS otherwise.
+    ``protocol``: ``grpc`` (OTLP/gRPC, the default) or ``http/protobuf`` (OTLP/HTTP, posting
+    to the URL's path, ``/v1/traces`` when it has none). ``headers``: sent with every export
+    (``authorization``, ``x-api-key``...): secret, shown ``<redacted>``.
+
+    What the file leaves unset comes from the standard variables, read at load (so
+    ``sidecar validate`` shows the effective values): ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``
+    / ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``..._HEADERS``, ``..._PROTOCOL``,
+    ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``, ``OTEL_SERVICE_NAME``;
+    ``OTEL_TRACES_EXPORTER=none`` ignores the endpoint variables. Precedence: the file (and
+    its ``MESHKIT_*`` overrides) > ``OTEL_*`` > the defaults. A caller's sampling decision is
+    always kept: the ratio applies to new traces.
 
     A URL's userinfo and query values (``http://user:pw@host/v1/traces?api_key=k``) are
     credentials: dumps with ``redact`` and error messages show them as ``<redacted>``.
     """
 
     otlp_endpoint: str | None = field(default=None, metadata=_URL)
-    sample_ratio: float = 0.1
-    service_name: str = "meshkit-sidecar"
+    protocol: str = _DefaultStr(otlp.GRPC)
+    headers: Mapping[str, str] | None = field(default=None, metadata=_SECRET)
+    sample_ratio: float = _DefaultFloat(0.1)
+    service_name: str = _DefaultStr("meshkit-sidecar")
+
+    def _normalize(self) -> None:
+        env = os.environ  # the standard OTEL_* variables, where the file is silent
+        problems: list[FieldError] = []
+        object.__setattr__(self, "_env_problems", problems)
+        exporter_off = env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none"
+        used = _otlp_from_environment(self, "traces", endpoint=not exporter_off)
+        if isinstance(self.sample_ratio, _Unset):
+            ratio: float = float(self.sample_ratio)
+            try:
+                found = otlp.otel_sample_ratio(env)
+            except ValueError as exc:
+                problems.append(FieldError("sample_ratio", str(exc)))
+            else:
+                if found is not None:
+                    ratio = float(found.value)
+            self._set("sample_ratio", ratio)
+        if isinstance(self.service_name, _Unset):
+            name = env.get("OTEL_SERVICE_NAME", "").strip()
+            if name:
+                used["service_name"] = "OTEL_SERVICE_NAME"
+            self._set("service_name", name or str(self.service_name))
+        object.__setattr__(self, "_from", used)
 
     def _problems(self) -> Iterator[FieldError]:
-        if self.otlp_endpoint is not None:
-            yield from _endpoint_problems("otlp_endpoint", self.otlp_endpoint)
+        yield from _otlp_problems(self, "traces")
         yield from _range("sample_ratio", self.sample_ratio, 0.0, 1.0)
         yield from _not_empty("service_name", self.service_name)
+
+
+@dataclass(frozen=True)
+class OtelMetricsConfig(_Checked):
+    """The RPC metrics (the ``grpc_*`` families of ``/metrics``, both data planes) exported
+    every ``interval`` over OTLP as OpenTelemetry's ``rpc.server.call.duration`` /
+    ``rpc.client.call.duration`` (see :mod:`telemetry.otel_metrics`); off while
+    ``otlp_endpoint`` is null. ``otlp_endpoint``, ``protocol`` and ``headers`` as in
+    ``tracing``; unset, they come from ``OTEL_EXPORTER_OTLP_METRICS_*`` /
+    ``OTEL_EXPORTER_OTLP_*``, the endpoint only with ``OTEL_METRICS_EXPORTER=otlp``, and
+    ``interval`` from ``OTEL_METRIC_EXPORT_INTERVAL`` (milliseconds).
+    """
+
+    otlp_endpoint: str | None = field(default=None, metadata=_URL)
+    protocol: str = _DefaultStr(otlp.GRPC)
+    headers: Mapping[str, str] | None = field(default=None, metadata=_SECRET)
+    interval: Duration = field(default=_DefaultDuration(60), metadata={"max": Duration(3600)})
+
+    def _normalize(self) -> None:
+        problems: list[FieldError] = []
+        object.__setattr__(self, "_env_problems", problems)
+        env = os.environ
+        exporters = env.get("OTEL_METRICS_EXPORTER", "").lower().replace(" ", "").split(",")
+        used = _otlp_from_environment(self, "metrics", endpoint="otlp" in exporters)
+        if isinstance(self.interval, _Unset):
+            text = env.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip()
+            interval = Duration(float(self.interval))
+            if text:
+                used["interval"] = "OTEL_METRIC_EXPORT_INTERVAL"
+                try:
+                    interval = Duration.parse(f"{int(text)}ms")
+                except ValueError:
+                    problems.append(
+                        FieldError("interval", f"must be milliseconds (got {show(text)})")
+                    )
+            self._set("interval", interval)
+        object.__setattr__(self, "_from", used)
+
+    def _problems(self) -> Iterator[FieldError]:
+        yield from _otlp_problems(self, "metrics")
+        if self.interval < 1.0:
+            yield FieldError("interval", f"must be at least 1s (got {self.interval})")
 
 
 def _endpoint_problems(name: str, endpoint: str) -> Iterator[FieldError]:
@@ -661,23 +894,62 @@ def _endpoint_problems(name: str, endpoint: str) -> Iterator[FieldError]:
 
 
 @dataclass(frozen=True)
+class AccessLogConfig(_Checked):
+    """One JSON line per call (see :mod:`sidecar.access_log`) when ``enabled``, to ``path``:
+    ``"-"`` for standard output, else an absolute file path appended to."""
+
+    enabled: bool = False
+    path: str = "-"
+
+    def _problems(self) -> Iterator[FieldError]:
+        if self.path != "-" and not os.path.isabs(self.path):
+            yield FieldError(
+                "path", f'must be "-" (stdout) or an absolute path (got {show(self.path)})'
+            )
+
+
+@dataclass(frozen=True)
 class TelemetryConfig(_Checked):
-    """Prometheus metrics on the admin ``/metrics`` endpoint, and tracing."""
+    """Prometheus metrics on the admin ``/metrics`` endpoint, tracing, and the access log."""
 
     prometheus: bool = True
-    tracing: TracingConfig = TracingConfig()
+    # built per load, not once at import: the OTEL_* variables are read when they are built
+    tracing: TracingConfig = field(default_factory=lambda: _from_environment(TracingConfig))
+    otel_metrics: OtelMetricsConfig = field(
+        default_factory=lambda: _from_environment(OtelMetricsConfig)
+    )
+    access_log: AccessLogConfig = AccessLogConfig()
 
 
 @dataclass(frozen=True)
 class DrainConfig(_Checked):
-    """On SIGTERM: report not ready and NOT_SERVING, wait ``drain_delay`` (load balancers
-    notice), stop accepting, let in-flight calls finish for up to ``grace_period``."""
+    """The shutdown sequence (step by step in :mod:`sidecar.app`).
+
+    On SIGTERM: not ready and NOT_SERVING at once; the inbound listener serves on for
+    ``drain_delay`` (cut short once the local app is gone), then stops accepting and its calls
+    in flight get ``grace_period``. The outbound listener stays open while the app may still
+    call out: until the app is gone (with ``inbound``: its port refuses connections and no
+    inbound call is in flight) and no outbound call has been in flight for
+    ``outbound_idle``, or at most ``outbound_max_wait`` after the signal (null: ``drain_delay
+    + grace_period``, when an app draining like the sidecar is done); then its calls in flight
+    get ``grace_period``.
+    """
 
     # An hour at most each: far past any pod's termination grace period already.
     drain_delay: Duration = field(default=Duration(5), metadata={"max": Duration(3600)})
     grace_period: Duration = field(default=Duration(20), metadata={"max": Duration(3600)})
+    outbound_idle: Duration = field(default=Duration(1), metadata={"max": Duration(3600)})
+    outbound_max_wait: Duration | None = field(default=None, metadata={"max": Duration(3600)})
+
+    @property
+    def outbound_bound(self) -> Duration:
+        """``outbound_max_wait``, its null resolved."""
+        if self.outbound_max_wait is not None:
+            return self.outbound_max_wait
+        return Duration(float(self.drain_delay) + float(self.grace_period))
 
 
+_LOG_FORMATS = ("text", "json")
 #: Values of ``data_plane``: who forwards the calls.
 DATA_PLANES = ("envoy", "python")
 _ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
@@ -708,12 +980,39 @@ class EnvoyConfig(_Checked):
 
 
 @dataclass(frozen=True)
+class MethodKindsConfig(_Checked):
+    """Where the sidecar learns each method's RPC kind (see :mod:`sidecar.method_kinds`).
+
+    ``reflection``: ask every cluster's servers (and the inbound app) over gRPC server
+    reflection (v1, else v1alpha), at start, every ``refresh``, and soon after a call for a
+    method nobody knew. ``descriptor_sets``: ``FileDescriptorSet`` files (``protoc
+    --include_imports --descriptor_set_out=FILE``), read at load and on reload; they win over
+    reflection. Route ``kind`` hints win over both.
+    """
+
+    reflection: bool = True
+    descriptor_sets: tuple[str, ...] = field(default=(), metadata=_FILE)
+    refresh: Duration = field(default=Duration(300))
+    timeout: Duration = field(default=Duration(5), metadata={"max": Duration(60)})
+
+    def _normalize(self) -> None:
+        self._set("descriptor_sets", tuple(self.descriptor_sets))
+
+    def _problems(self) -> Iterator[FieldError]:
+        yield from _positive("refresh", self.refresh)
+        yield from _positive("timeout", self.timeout)
+        if len(self.descriptor_sets) > _MAX_DESCRIPTOR_SETS:
+            yield FieldError("descriptor_sets", f"at most {_MAX_DESCRIPTOR_SETS} files")
+
+
+@dataclass(frozen=True)
 class SidecarConfig(_Checked):
     """The whole sidecar: at least one of ``outbound`` / ``inbound``, plus what they need.
 
     ``data_plane`` picks who forwards the calls: ``envoy`` (an Envoy child process driven over
     xDS; see :mod:`sidecar.envoy`) or ``python`` (the grpc.aio relay). Null (the default):
     ``envoy`` when an Envoy binary is found, else ``python``; the start-up log says which and why.
+    ``log_format``: ``text`` lines, or ``json`` (one object a line, for log collectors).
     """
 
     admin: AdminConfig = AdminConfig()
@@ -722,16 +1021,19 @@ class SidecarConfig(_Checked):
     clusters: Mapping[str, ClusterConfig] = field(
         default_factory=lambda: types.MappingProxyType({})
     )
-    telemetry: TelemetryConfig = TelemetryConfig()
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     drain: DrainConfig = DrainConfig()
     workers: int = 1
     log_level: str = "info"
+    log_format: str = "text"
     data_plane: str | None = None
     envoy: EnvoyConfig = EnvoyConfig()
+    method_kinds: MethodKindsConfig = MethodKindsConfig()
 
     def _normalize(self) -> None:
         self._set("clusters", types.MappingProxyType(dict(self.clusters)))
         self._set("log_level", self.log_level.lower())
+        self._set("log_format", self.log_format.lower())
         if self.data_plane is not None:
             self._set("data_plane", self.data_plane.lower())
 
@@ -775,6 +1077,11 @@ class SidecarConfig(_Checked):
         if self.log_level not in _LOG_LEVELS:
             yield FieldError(
                 "log_level", f"must be one of {', '.join(_LOG_LEVELS)} (got {show(self.log_level)})"
+            )
+        if self.log_format not in _LOG_FORMATS:
+            yield FieldError(
+                "log_format",
+                f"must be one of {', '.join(_LOG_FORMATS)} (got {show(self.log_format)})",
             )
         if self.data_plane is not None and self.data_plane not in DATA_PLANES:
             yield FieldError(
@@ -935,10 +1242,24 @@ def parse_config(
     errors.extend(_parse.blame(e, sources) for e in parser.errors)
     if check_files:
         errors.extend(_parse.blame(e, sources) for e in _tls_file_problems(config))
+        errors.extend(_parse.blame(e, sources) for e in _descriptor_set_problems(config))
     if errors:
         raise ConfigError(errors)
     assert isinstance(config, SidecarConfig)
     return config
+
+
+def _descriptor_set_problems(config: SidecarConfig) -> Iterator[FieldError]:
+    """Each descriptor set file must parse (:func:`sidecar.method_kinds.read_descriptor_set`)."""
+    from sidecar.method_kinds import read_descriptor_set
+
+    for i, path in enumerate(config.method_kinds.descriptor_sets):
+        if not os.path.isfile(path):
+            continue  # already reported as missing
+        try:
+            read_descriptor_set(path)
+        except ValueError as exc:
+            yield FieldError(f"method_kinds.descriptor_sets[{i}]", str(exc))
 
 
 def _tls_file_problems(config: SidecarConfig) -> Iterator[FieldError]:

@@ -39,11 +39,14 @@ from __future__ import annotations
 
 import types
 from collections.abc import Mapping, Sequence
-from urllib.parse import urlsplit
 
+from sidecar import authz
+from sidecar.access_log import STDOUT
 from sidecar.auth import INVALID_TOKEN, MISSING_TOKEN
 from sidecar.config import (
+    AccessLogConfig,
     AuthConfig,
+    AuthorizationConfig,
     InboundConfig,
     InboundTlsConfig,
     ListenAddress,
@@ -69,7 +72,7 @@ from sidecar.envoy._translate_common import (
     typed,
 )
 from sidecar.routing import PathMatcher
-from telemetry.tracing import is_loopback_endpoint
+from telemetry import otlp
 
 OUTBOUND = "outbound"
 INBOUND = "inbound"
@@ -83,46 +86,85 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 #: Envoy runtime values the resources need: RE2's program-size limit (default 100) raised,
 #: since each token route's regex spells its token out.
 RUNTIME: Mapping[str, int] = types.MappingProxyType({"re2.max_program_size.error_level": 1 << 20})
-_OTLP_DEFAULT_PORT = 443
 _OTLP_TIMEOUT = 5.0
+
+
+# The RPC conventions' attributes Envoy can fill from a call (it has no way to split the path
+# into rpc.service / rpc.method; it tags grpc.path, grpc.status_code and grpc.message itself).
+_RPC_TAGS: Sequence[Json] = (
+    {"tag": "rpc.system", "literal": {"value": "grpc"}},
+    {"tag": "rpc.grpc.status_code", "value": "%GRPC_STATUS_NUMBER%"},
+    {"tag": "server.address", "value": "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%"},
+    {"tag": "server.port", "value": "%DOWNSTREAM_LOCAL_PORT%"},
+    {"tag": "network.peer.address", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"},
+    {"tag": "network.peer.port", "value": "%DOWNSTREAM_REMOTE_PORT%"},
+)
 
 
 def _tracing(tracing: TracingConfig) -> Json:
     # The OpenTelemetry tracer propagates W3C ``traceparent`` and keeps a sampled parent's
-    # decision; new traces are sampled at ``sample_ratio``.
+    # decision; new traces are sampled at ``sample_ratio``. spawn_upstream_span: the router
+    # opens a CLIENT span per upstream request, so each retry is a span of its own under the
+    # SERVER span of the downstream call (the successor of the router's start_child_span).
+    headers = dict(tracing.headers or {})
+    exporter: Json
+    if tracing.protocol == otlp.HTTP_PROTOBUF and tracing.otlp_endpoint is not None:
+        target = otlp.otlp_target(tracing.otlp_endpoint, otlp.HTTP_PROTOBUF, "traces")
+        exporter = {
+            "http_service": {
+                "http_uri": {
+                    "uri": target.url,
+                    "cluster": OTLP_CLUSTER,
+                    "timeout": duration(_OTLP_TIMEOUT),
+                },
+                "request_headers_to_add": [
+                    {"header": {"key": key, "value": value}} for key, value in headers.items()
+                ],
+            }
+        }
+    else:
+        service: Json = {
+            "envoy_grpc": {"cluster_name": OTLP_CLUSTER},
+            "timeout": duration(_OTLP_TIMEOUT),
+        }
+        if headers:
+            service["initial_metadata"] = [{"key": k, "value": v} for k, v in headers.items()]
+        exporter = {"grpc_service": service}
     return {
         "random_sampling": {"value": tracing.sample_ratio * 100.0},
+        "spawn_upstream_span": True,
+        "custom_tags": [dict(tag) for tag in _RPC_TAGS],  # fresh: resources share nothing
         "provider": {
             "name": "envoy.tracers.opentelemetry",
             "typed_config": typed(
                 "envoy.config.trace.v3.OpenTelemetryConfig",
-                grpc_service={
-                    "envoy_grpc": {"cluster_name": OTLP_CLUSTER},
-                    "timeout": duration(_OTLP_TIMEOUT),
-                },
+                **exporter,
                 service_name=tracing.service_name,
             ),
         },
     }
 
 
-def otlp_cluster(endpoint: str) -> Json:
-    """The cluster of the OTLP/gRPC collector at ``endpoint`` (``host:port`` or URL), with
-    TLS as the Python exporter uses it: for ``https`` and any non-loopback collector."""
-    scheme, sep, _ = endpoint.partition("://")
-    parts = urlsplit(endpoint if sep else f"//{endpoint}")
-    host = parts.hostname or ""
-    port = parts.port or _OTLP_DEFAULT_PORT
-    cluster = static_cluster(OTLP_CLUSTER, host, port)
-    if scheme == "https" or not is_loopback_endpoint(endpoint):
+def otlp_cluster(endpoint: str, protocol: str = otlp.GRPC) -> Json:
+    """The cluster of the OTLP collector at ``endpoint`` (``host:port`` or URL), with TLS by
+    the rules of :mod:`telemetry.otlp` (the Python exporters' too): ``http://`` plaintext,
+    ``https://`` TLS, a bare ``host:port`` plaintext on loopback only. OTLP/gRPC speaks
+    HTTP/2; OTLP/HTTP HTTP/1.1, which every collector serves."""
+    target = otlp.otlp_target(endpoint, protocol, "traces")
+    host = target.host
+    cluster = static_cluster(OTLP_CLUSTER, host, target.port)
+    if protocol == otlp.HTTP_PROTOBUF:
+        del cluster["typed_extension_protocol_options"]
+    if target.secure:
         validation: Json = {
             "trusted_ca": {"filename": SYSTEM_CA_BUNDLE},
             "match_typed_subject_alt_names": [
                 {"san_type": "IP_ADDRESS" if is_ip(host) else "DNS", "matcher": {"exact": host}}
             ],
         }
+        alpn = ["h2"] if protocol == otlp.GRPC else ["http/1.1"]
         context: Json = {
-            "common_tls_context": {"alpn_protocols": ["h2"], "validation_context": validation}
+            "common_tls_context": {"alpn_protocols": alpn, "validation_context": validation}
         }
         if not is_ip(host):
             context["sni"] = host
@@ -135,12 +177,96 @@ def otlp_cluster(endpoint: str) -> Json:
     return cluster
 
 
-def _local_replies() -> Json:
+#: RBAC policy names (DENY action): Envoy evaluates them in lexicographic order, so a caller
+#: without any SPIFFE ID is named by the first before the second would match it too.
+NO_IDENTITY_POLICY = "no-spiffe-id"
+NOT_ALLOWED_POLICY = "not-allowed"
+_RBAC_FILTER = "envoy.filters.http.rbac"
+
+
+def _principal(matcher: Json) -> Json:
+    return {"authenticated": {"principal_name": matcher}}
+
+
+def rbac_filter(authorization: AuthorizationConfig) -> Json:
+    """The RBAC http filter of ``inbound.authorization`` (see :mod:`sidecar.authz`).
+
+    Two DENY policies, both sparing the health service's paths: a caller whose certificate
+    has no ``spiffe://`` URI SAN, and a caller none of whose SANs is allowed. A refused
+    call's details (:func:`_local_replies`) say which. Envoy's
+    ``principal_name`` tries URI SANs, then DNS SANs and the subject, which never match a
+    ``spiffe://`` matcher: only URI SANs decide, as on the Python plane.
+    """
+    allowed = [_principal({"exact": spiffe_id}) for spiffe_id in authorization.allowed_ids]
+    allowed += [
+        _principal({"safe_regex": {"regex": authz.pattern_regex(pattern)}})
+        for pattern in authorization.allowed_san_patterns
+    ]
+    not_health = [{"not_rule": {"url_path": {"path": {"prefix": HEALTH_PREFIX}}}}]
+    rules = {
+        "action": "DENY",
+        "policies": {
+            NO_IDENTITY_POLICY: {
+                "permissions": not_health,
+                "principals": [{"not_id": _principal({"prefix": authz.SPIFFE_SCHEME})}],
+            },
+            NOT_ALLOWED_POLICY: {
+                "permissions": not_health,
+                "principals": [{"not_id": {"or_ids": {"ids": allowed}}}],
+            },
+        },
+    }
+    return {
+        "name": _RBAC_FILTER,
+        "typed_config": typed("envoy.extensions.filters.http.rbac.v3.RBAC", rules=rules),
+    }
+
+
+#: The request header in which the inbound HCM states the verified client certificate's URI
+#: SANs (``URI=...`` elements, ``;``-separated, a value quoted when it holds one of ``,;="``).
+XFCC = "x-forwarded-client-cert"
+#: An XFCC value naming at least one SPIFFE ID.
+XFCC_SPIFFE = r'(?:.*[;,])?URI="?spiffe://.*'
+
+
+def _denied_mapper(details: str, with_spiffe_id: bool) -> Json:
+    # RBAC answers 403 (PERMISSION_DENIED for a gRPC call) whichever policy matched, and the
+    # policy reaches nothing a mapper can filter on before the local reply is formed (Envoy
+    # 1.40 records it in dynamic metadata only for allowed calls): the XFCC header the HCM
+    # set tells the two reasons apart.
+    status: Json = {
+        "status_code_filter": {
+            "comparison": {"op": "EQ", "value": {"default_value": 403, "runtime_key": "_"}}
+        }
+    }
+    xfcc: Json = {
+        "header_filter": {
+            "header": {
+                "name": XFCC,
+                "string_match": {"safe_regex": {"regex": XFCC_SPIFFE}},
+                "invert_match": not with_spiffe_id,
+            }
+        }
+    }
+    return {
+        "filter": {"and_filter": {"filters": [status, xfcc]}},
+        "body_format_override": {"text_format_source": {"inline_string": details}},
+    }
+
+
+def _local_replies(authorization: bool = False) -> Json:
     # Envoy turns its own replies to gRPC calls into trailers-only answers, the status mapped
     # from the HTTP code (404 -> UNIMPLEMENTED, 401 -> UNAUTHENTICATED) and the body as
     # grpc-message: here the no-route message names the path, as the Python plane's does.
+    denied: list[Json] = []
+    if authorization:
+        denied = [
+            _denied_mapper(authz.not_allowed_details("%DOWNSTREAM_PEER_URI_SAN%"), True),
+            _denied_mapper(authz.no_identity_details(), False),
+        ]
     return {
         "mappers": [
+            *denied,
             {
                 "filter": {"response_flag_filter": {"flags": ["NR"]}},
                 "body_format_override": {
@@ -168,7 +294,10 @@ def _hcm(
     tracing: TracingConfig,
     *,
     remote_address: bool,
+    access_log: AccessLogConfig | None = None,
+    authorization: AuthorizationConfig | None = None,
 ) -> Json:
+    rbac = [] if authorization is None else [rbac_filter(authorization)]
     hcm: Json = typed(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         stat_prefix=name,
@@ -185,6 +314,7 @@ def _hcm(
         # no "server: envoy" of its own; an upstream's server header passes unchanged
         server_header_transformation="PASS_THROUGH",
         http_filters=[
+            *rbac,
             {
                 "name": "envoy.filters.http.grpc_stats",
                 "typed_config": typed(
@@ -203,14 +333,73 @@ def _hcm(
                 ),
             },
         ],
-        local_reply_config=_local_replies(),
+        local_reply_config=_local_replies(authorization is not None),
     )
+    if authorization is not None:
+        # the verified client certificate's URI SANs as a request header, for the local
+        # reply's details (a caller's own header of that name is replaced; never forwarded)
+        hcm["forward_client_cert_details"] = "SANITIZE_SET"
+        hcm["set_current_client_cert_details"] = {"uri": True}
+    if access_log is not None and access_log.enabled:
+        hcm["access_log"] = [access_logger(name, access_log)]
     if remote_address:
         # The peer's address is appended to x-forwarded-for, as the Python inbound does.
         hcm["use_remote_address"] = True
     if tracing.otlp_endpoint is not None:
         hcm["tracing"] = _tracing(tracing)
     return hcm
+
+
+#: The access log line (:data:`sidecar.access_log.FIELDS`) in Envoy's command operators;
+#: ``direction`` is filled in per listener. A lone operator keeps its type in a json_format
+#: (numbers stay numbers) and an absent value is written as null.
+ACCESS_LOG_FORMAT: Mapping[str, str] = types.MappingProxyType(
+    {
+        "time": "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
+        "direction": "",
+        "method": "%REQ(:PATH)%",
+        "grpc_status": "%GRPC_STATUS(SNAKE_STRING)%",
+        "duration_ms": "%DURATION%",
+        "upstream_host": "%UPSTREAM_HOST%",
+        "request_bytes": "%BYTES_RECEIVED%",
+        "response_bytes": "%BYTES_SENT%",
+        "peer": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%",
+    }
+)
+
+
+def access_logger(direction: str, config: AccessLogConfig) -> Json:
+    """The HCM access logger writing :data:`ACCESS_LOG_FORMAT` lines to ``config.path``
+    (Envoy's standard output for ``"-"``). Inbound health calls are not logged."""
+    log_format = {"json_format": {**ACCESS_LOG_FORMAT, "direction": direction}}
+    if config.path == STDOUT:
+        logger: Json = {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": typed(
+                "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                log_format=log_format,
+            ),
+        }
+    else:
+        logger = {
+            "name": "envoy.access_loggers.file",
+            "typed_config": typed(
+                "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                path=config.path,
+                log_format=log_format,
+            ),
+        }
+    if direction == INBOUND:
+        logger["filter"] = {
+            "header_filter": {
+                "header": {
+                    "name": ":path",
+                    "string_match": {"prefix": HEALTH_PREFIX},
+                    "invert_match": True,
+                }
+            }
+        }
+    return logger
 
 
 def _listener(
@@ -233,7 +422,9 @@ def _listener(
     }
 
 
-def outbound_listener(config: OutboundConfig, tracing: TracingConfig) -> Json:
+def outbound_listener(
+    config: OutboundConfig, tracing: TracingConfig, access_log: AccessLogConfig | None = None
+) -> Json:
     """The listener the local app calls."""
     hcm = _hcm(
         OUTBOUND,
@@ -241,6 +432,7 @@ def outbound_listener(config: OutboundConfig, tracing: TracingConfig) -> Json:
         config.max_concurrent_streams,
         tracing,
         remote_address=False,
+        access_log=access_log,
     )
     return _listener(OUTBOUND, config.listen, hcm)
 
@@ -264,10 +456,7 @@ def _outbound_route(index: int, route: Route, config: SidecarConfig) -> Json:
     authority = clusters.authority(cluster)
     if authority is not None:
         action["host_rewrite_literal"] = authority
-    if cluster.retry is not None:
-        retry = clusters.retry_policy(cluster.retry)
-        if retry is not None:
-            action["retry_policy"] = retry
+    action["retry_policy"] = clusters.retry_policy(cluster.retry)
     return {"name": f"routes[{index}]", "match": _match(route.prefix), "route": action}
 
 
@@ -387,14 +576,18 @@ def _downstream_tls(tls: InboundTlsConfig) -> Json:
     }
 
 
-def inbound_listener(config: InboundConfig, tracing: TracingConfig) -> Json:
-    """The listener remote peers call."""
+def inbound_listener(
+    config: InboundConfig, tracing: TracingConfig, access_log: AccessLogConfig | None = None
+) -> Json:
+    """The listener remote peers call (RBAC first when ``config.authorization`` is set)."""
     hcm = _hcm(
         INBOUND,
         config.keepalive,
         config.max_concurrent_streams,
         tracing,
         remote_address=True,
+        access_log=access_log,
+        authorization=config.authorization,
     )
     tls = None if config.tls is None else _downstream_tls(config.tls)
     return _listener(INBOUND, config.listen, hcm, tls)
@@ -416,7 +609,7 @@ def inbound_routes(config: InboundConfig, health: bool, tokens: Sequence[str]) -
         "@type": ROUTE_CONFIGURATION,
         "name": INBOUND,
         "virtual_hosts": [{"name": INBOUND, "domains": ["*"], "routes": [health_route, *rest]}],
-        **_TRANSPARENT,
+        "request_headers_to_remove": [*_TRANSPARENT["request_headers_to_remove"], XFCC],
     }
 
 

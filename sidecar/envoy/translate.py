@@ -89,9 +89,12 @@ def translate(config: SidecarConfig, inputs: PlaneInputs) -> Resources:
     endpoints: dict[str, Json] = {}
     secrets: dict[str, Json] = {}
     tracing = config.telemetry.tracing
+    access_log = config.telemetry.access_log
 
     if config.outbound is not None:
-        listeners[_listeners.OUTBOUND] = _listeners.outbound_listener(config.outbound, tracing)
+        listeners[_listeners.OUTBOUND] = _listeners.outbound_listener(
+            config.outbound, tracing, access_log
+        )
         routes[_listeners.OUTBOUND] = _listeners.outbound_routes(config, config.outbound)
     for name, cluster in config.clusters.items():
         envoy_name = _clusters.cluster_name(name)
@@ -104,7 +107,7 @@ def translate(config: SidecarConfig, inputs: PlaneInputs) -> Resources:
 
     inbound = config.inbound
     if inbound is not None:
-        listeners[_listeners.INBOUND] = _listeners.inbound_listener(inbound, tracing)
+        listeners[_listeners.INBOUND] = _listeners.inbound_listener(inbound, tracing, access_log)
         routes[_listeners.INBOUND] = _listeners.inbound_routes(
             inbound, inputs.health_address is not None, inputs.tokens
         )
@@ -115,7 +118,9 @@ def translate(config: SidecarConfig, inputs: PlaneInputs) -> Resources:
             secrets[secret["name"]] = secret
 
     if tracing.otlp_endpoint is not None:
-        clusters[_listeners.OTLP_CLUSTER] = _listeners.otlp_cluster(tracing.otlp_endpoint)
+        clusters[_listeners.OTLP_CLUSTER] = _listeners.otlp_cluster(
+            tracing.otlp_endpoint, tracing.protocol
+        )
 
     return Resources(
         listeners=freeze(listeners),
@@ -148,6 +153,7 @@ def _problems(config: SidecarConfig) -> Iterator[FieldError]:
                 f"{path}.keepalive.min_ping_interval",
                 "Envoy accepts client pings at any rate: no minimum interval to enforce",
             )
+        yield from _clusters.keepalive_problems(f"{path}.keepalive", listener.keepalive)
     for name in sorted(config.clusters):
         yield from _clusters.problems(name, config.clusters[name])
 

@@ -567,7 +567,7 @@ def test_unknown_keys_are_rejected_with_their_path() -> None:
 
 def test_unknown_key_without_close_match_lists_the_known_ones() -> None:
     errors = errors_of(merged(minimal(), {"admin": {"zzz": 1}}))
-    assert errors == [FieldError("admin.zzz", "unknown key (known: listen)")]
+    assert errors == [FieldError("admin.zzz", "unknown key (known: listen, expose_debug)")]
 
 
 def test_non_string_keys_are_rejected() -> None:

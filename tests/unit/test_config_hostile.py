@@ -246,7 +246,7 @@ def test_errors_stop_at_100_with_a_count_of_the_rest() -> None:
     raw = {**minimal(), "admin": {f"unknown{i}": 0 for i in range(900)}}
     errors = refused(lambda: parse_config(raw, {}))
     assert len(errors) == 101
-    assert errors[0] == FieldError("admin.unknown0", "unknown key (known: listen)")
+    assert errors[0] == FieldError("admin.unknown0", "unknown key (known: listen, expose_debug)")
     assert errors[-1] == FieldError("", "... and 800 more")
 
 
@@ -364,3 +364,25 @@ def test_otlp_endpoint_credentials_are_redacted_in_errors() -> None:
         text = "\n".join(str(e) for e in errors)
         assert "telemetry.tracing.otlp_endpoint" in text
         assert "PASSWORD" not in text and "SECRET" not in text
+
+
+# PyYAML's own constructors raise IndexError / KeyError / AttributeError on these.
+EMPTY_TAGS = ['log_level: !!float ""', "!!int", "log_level: !!bool", 'log_level: !!timestamp ""']
+
+
+@pytest.mark.parametrize("document", EMPTY_TAGS)
+def test_tagged_values_yaml_cannot_build_are_config_errors(tmp_path: Path, document: str) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(MINIMAL_YAML + document + "\n" if ":" in document else document + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {})
+    (error,) = info.value.errors
+    assert error.path.startswith(str(path)) and "a value YAML cannot build" in error.message
+
+
+@pytest.mark.parametrize("value", ["!!float", "!!bool", '!!timestamp ""'])
+def test_tagged_values_in_a_variable_are_config_errors_naming_it(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(minimal(), {"MESHKIT_LOG_LEVEL": value})
+    (error,) = info.value.errors
+    assert error.path == "MESHKIT_LOG_LEVEL" and "YAML cannot build" in error.message

@@ -1112,11 +1112,18 @@ READ: list[tuple[str, dict[Any, Any], list[str]]] = [
         {"admin": {"lissen": "x"}},
         ["admin.lissen: unknown key (did you mean 'listen'?)"],
     ),
-    ("unknown-key-far", {"admin": {"zzz": 1}}, ["admin.zzz: unknown key (known: listen)"]),
+    (
+        "unknown-key-far",
+        {"admin": {"zzz": 1}},
+        ["admin.zzz: unknown key (known: listen, expose_debug)"],
+    ),
     (
         "unknown-keys-known",
         {"drain": {"zzz": 1}},
-        ["drain.zzz: unknown key (known: drain_delay, grace_period)"],
+        [
+            "drain.zzz: unknown key (known: drain_delay, grace_period, outbound_idle,"
+            " outbound_max_wait)"
+        ],
     ),
     (
         "name-not-a-string",
@@ -1144,8 +1151,16 @@ READ: list[tuple[str, dict[Any, Any], list[str]]] = [
         cluster(outlier_detection={"failure_codes": [5]}),
         ["clusters.backend.outlier_detection.failure_codes[0]: must be a string (got 5); quote it"],
     ),
-    ("key-64", {"admin": {"k" * 64: 1}}, [f"admin.{'k' * 64}: unknown key (known: listen)"]),
-    ("key-65", {"admin": {"k" * 65: 1}}, [f"admin.'{'k' * 65}': unknown key (known: listen)"]),
+    (
+        "key-64",
+        {"admin": {"k" * 64: 1}},
+        [f"admin.{'k' * 64}: unknown key (known: listen, expose_debug)"],
+    ),
+    (
+        "key-65",
+        {"admin": {"k" * 65: 1}},
+        [f"admin.'{'k' * 65}': unknown key (known: listen, expose_debug)"],
+    ),
     ("section-not-a-mapping", {"drain": 5}, ["drain: must be a mapping (got 5)"]),
     (
         "bool",

@@ -13,8 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar.access_log import FIELDS
 from sidecar.auth import INVALID_TOKEN, MISSING_TOKEN, Metadata
 from sidecar.config import SidecarConfig, parse_config
+from sidecar.envoy import protos
 from sidecar.envoy._translate_common import duration
 from sidecar.envoy.translate import (
     CLUSTER,
@@ -345,7 +347,9 @@ def test_no_route_is_unimplemented_naming_the_path() -> None:
 def test_retry_policy_maps_codes_attempts_backoff_and_budget() -> None:
     resources = rich()
     policy = routes_of(resources, "outbound")[0]["route"]["retry_policy"]
-    assert policy["retry_on"] == "connect-failure,internal,refused-stream,reset,unavailable"
+    assert policy["retry_on"] == (
+        "connect-failure,internal,refused-stream,reset,reset-before-request,unavailable"
+    )
     assert policy["num_retries"] == 3
     assert policy["retry_back_off"] == {"base_interval": "0.04s", "max_interval": "0.8s"}
     breakers = resources.clusters["outbound|echo"]["circuit_breakers"]["thresholds"]
@@ -353,7 +357,11 @@ def test_retry_policy_maps_codes_attempts_backoff_and_budget() -> None:
         "budget_percent": {"value": 20.0},
         "min_retry_concurrency": 3,
     }
-    assert "retry_policy" not in routes_of(resources, "outbound")[2]["route"]
+    # no policy: only the transparent retries of calls that never reached the upstream
+    assert routes_of(resources, "outbound")[2]["route"]["retry_policy"] == {
+        "retry_on": "connect-failure,refused-stream,reset-before-request",
+        "num_retries": 2,
+    }
     assert (
         "retry_budget"
         not in resources.clusters["outbound|other"]["circuit_breakers"]["thresholds"][0]
@@ -374,7 +382,10 @@ def test_each_retryable_code_has_its_envoy_condition(code: str, condition: str) 
         {"prefix": "/", "cluster": "a"},
         a={"target": ECHO, "retry": {"retryable_status_codes": [code]}},
     )
-    assert routes_of(run(config), "outbound")[0]["route"]["retry_policy"]["retry_on"] == condition
+    policy = routes_of(run(config), "outbound")[0]["route"]["retry_policy"]
+    transparent = {"connect-failure", "refused-stream", "reset-before-request"}
+    assert set(policy["retry_on"].split(",")) == {condition, *transparent}
+    assert policy["num_retries"] == 2  # max_attempts 3 by default
 
 
 def test_a_retry_with_no_envoy_code_is_left_out() -> None:
@@ -382,7 +393,8 @@ def test_a_retry_with_no_envoy_code_is_left_out() -> None:
         {"prefix": "/", "cluster": "a"},
         a={"target": ECHO, "retry": {"retryable_status_codes": ["ABORTED"]}},
     )
-    assert "retry_policy" not in routes_of(run(config), "outbound")[0]["route"]
+    policy = routes_of(run(config), "outbound")[0]["route"]["retry_policy"]
+    assert policy["retry_on"] == "connect-failure,refused-stream,reset-before-request"
     assert [e.path for e in unsupported(config)] == ["clusters.a.retry.retryable_status_codes[0]"]
 
 
@@ -783,7 +795,9 @@ def test_tracing_sends_to_the_otlp_cluster_at_the_sample_ratio() -> None:
 
 
 def test_a_remote_collector_is_reached_over_tls() -> None:
-    config = config_of({**RICH, "telemetry": {"tracing": {"otlp_endpoint": "http://otel.example"}}})
+    config = config_of(
+        {**RICH, "telemetry": {"tracing": {"otlp_endpoint": "https://otel.example"}}}
+    )
     otlp = run(config).clusters["meshkit|otlp"]
     assert otlp["type"] == "STRICT_DNS"
     assert otlp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
@@ -868,3 +882,100 @@ def test_static_bootstrap_inlines_everything() -> None:
     # the resources themselves are left as they were
     assert resources.clusters["outbound|echo"]["type"] == "EDS"
     assert "rds" in hcm(resources, "outbound")
+
+
+# --------------------------------------------------------------------------- identity, access log
+
+MTLS = {"cert": "/certs/server.crt", "key": "/certs/server.key", "client_ca": "/certs/ca.crt"}
+SPIFFE_WEB = "spiffe://cluster.local/ns/prod/sa/web"
+
+
+def test_authorization_is_rbac_first_with_details_for_each_denial() -> None:
+    resources = run(
+        inbound(
+            tls=MTLS,
+            authorization={
+                "allowed_ids": [SPIFFE_WEB],
+                "allowed_san_patterns": ["spiffe://cluster.local/ns/ops/**"],
+            },
+        )
+    )
+    manager = hcm(resources, "inbound")
+    rbac, stats, router = manager["http_filters"]
+    assert rbac["name"] == "envoy.filters.http.rbac"
+    assert (stats["name"], router["name"]) == (
+        "envoy.filters.http.grpc_stats",
+        "envoy.filters.http.router",
+    )
+    policies = rbac["typed_config"]["rules"]["policies"]
+    assert sorted(policies) == ["no-spiffe-id", "not-allowed"]
+    (allowed,) = policies["not-allowed"]["principals"]
+    assert [p["authenticated"]["principal_name"] for p in allowed["not_id"]["or_ids"]["ids"]] == [
+        {"exact": SPIFFE_WEB},
+        {"safe_regex": {"regex": r"spiffe://cluster\.local/ns/ops/.*"}},
+    ]
+    # the caller's URI SANs reach the local reply as XFCC, never the app
+    assert manager["forward_client_cert_details"] == "SANITIZE_SET"
+    assert manager["set_current_client_cert_details"] == {"uri": True}
+    assert "x-forwarded-client-cert" in resources.routes["inbound"]["request_headers_to_remove"]
+    not_allowed, no_identity, *_ = manager["local_reply_config"]["mappers"]
+    assert (
+        "%DOWNSTREAM_PEER_URI_SAN% is not allowed"
+        in (not_allowed["body_format_override"]["text_format_source"]["inline_string"])
+    )
+    assert (
+        "no SPIFFE ID" in no_identity["body_format_override"]["text_format_source"]["inline_string"]
+    )
+    plain = hcm(run(inbound(tls=MTLS)), "inbound")
+    assert plain["http_filters"][0]["name"] == "envoy.filters.http.grpc_stats"
+    assert "forward_client_cert_details" not in plain
+    assert len(plain["local_reply_config"]["mappers"]) == 2
+
+
+def test_access_log_is_off_by_default_and_the_same_line_on_both_listeners() -> None:
+    both = {
+        "outbound": {"listen": "127.0.0.1:15001", "routes": [{"prefix": "/", "cluster": "echo"}]},
+        "clusters": {"echo": {"target": ECHO}},
+        "inbound": {"listen": "0.0.0.0:15006", "app": "127.0.0.1:8080"},
+    }
+    off = run(config_of(both))
+    assert all("access_log" not in hcm(off, name) for name in ("outbound", "inbound"))
+
+    to_file = run(
+        config_of({**both, "telemetry": {"access_log": {"enabled": True, "path": "/log/a.log"}}})
+    )
+    for name in ("outbound", "inbound"):
+        (logger,) = hcm(to_file, name)["access_log"]
+        assert logger["name"] == "envoy.access_loggers.file"
+        config = logger["typed_config"]
+        assert config["path"] == "/log/a.log"
+        fields = config["log_format"]["json_format"]
+        assert tuple(fields) == FIELDS and fields["direction"] == name
+        # inbound health calls are the sidecar's own answers to probes: not logged
+        assert ("filter" in logger) is (name == "inbound")
+    health_filter = hcm(to_file, "inbound")["access_log"][0]["filter"]["header_filter"]["header"]
+    assert health_filter == {
+        "name": ":path",
+        "string_match": {"prefix": "/grpc.health.v1.Health/"},
+        "invert_match": True,
+    }
+    to_stdout = run(config_of({**both, "telemetry": {"access_log": {"enabled": True}}}))
+    (logger,) = hcm(to_stdout, "outbound")["access_log"]
+    assert logger["typed_config"]["@type"].endswith("stream.v3.StdoutAccessLog")
+
+
+def test_identity_and_access_log_resources_are_messages_envoy_accepts() -> None:
+    resources = run(
+        inbound(tls=MTLS, authorization={"allowed_san_patterns": ["spiffe://td/ns/*/sa/**"]}),
+    )
+    logged = run(
+        config_of(
+            {
+                "inbound": {"listen": "0.0.0.0:15006", "app": "127.0.0.1:8080"},
+                "telemetry": {"access_log": {"enabled": True, "path": "/log/a.log"}},
+            }
+        )
+    )
+    for listener in (resources.listeners["inbound"], logged.listeners["inbound"]):
+        protos.from_json(listener)
+    protos.from_json(resources.routes["inbound"])

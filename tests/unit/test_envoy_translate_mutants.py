@@ -306,6 +306,10 @@ def test_the_outbound_route_configuration_envoy_receives() -> None:
         "timeout": "0s",
         "max_stream_duration": {"grpc_timeout_header_max": "0s"},
         "host_rewrite_literal": "127.0.0.1:1",
+        "retry_policy": {
+            "retry_on": "connect-failure,refused-stream,reset-before-request",
+            "num_retries": 2,
+        },
     }
     assert run(config_of(TWO_LISTENERS)).routes["outbound"] == {
         "@type": ROUTE_CONFIGURATION,
@@ -347,6 +351,15 @@ def test_the_tracing_envoy_receives() -> None:
     resources = run(config)
     expected = {
         "random_sampling": {"value": 50.0},
+        "spawn_upstream_span": True,
+        "custom_tags": [
+            {"tag": "rpc.system", "literal": {"value": "grpc"}},
+            {"tag": "rpc.grpc.status_code", "value": "%GRPC_STATUS_NUMBER%"},
+            {"tag": "server.address", "value": "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%"},
+            {"tag": "server.port", "value": "%DOWNSTREAM_LOCAL_PORT%"},
+            {"tag": "network.peer.address", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"},
+            {"tag": "network.peer.port", "value": "%DOWNSTREAM_REMOTE_PORT%"},
+        ],
         "provider": {
             "name": "envoy.tracers.opentelemetry",
             "typed_config": {
@@ -553,7 +566,10 @@ def test_missing_details_of_the_default_header_and_scheme_are_the_python_planes(
 def test_unsupported_settings_say_what_envoy_does_instead() -> None:
     config = config_of(
         {
-            "inbound": {"app": "127.0.0.1:8080", "keepalive": {"min_ping_interval": "5m"}},
+            "inbound": {
+                "app": "127.0.0.1:8080",
+                "keepalive": {"min_ping_interval": "5m", "time": "0.9ms"},
+            },
             "clusters": {
                 "a": {
                     "target": "static:///localhost:1",
@@ -572,6 +588,7 @@ def test_unsupported_settings_say_what_envoy_does_instead() -> None:
     assert [str(e) for e in unsupported(config)] == [
         "inbound.keepalive.min_ping_interval: Envoy accepts client pings at any rate:"
         " no minimum interval to enforce",
+        "inbound.keepalive.time: Envoy takes at least 1ms (got 0.0009s)",
         "clusters.a.lb_policy: Envoy has round_robin and weighted_round_robin only"
         " (got pick_first)",
         "clusters.a.retry.retryable_status_codes[0]: Envoy retries only on CANCELLED,"
@@ -590,6 +607,28 @@ def test_a_keepalive_timeout_of_exactly_one_millisecond_is_supported() -> None:
     assert (
         unsupported(one_cluster(target="static:///127.0.0.1:1", keepalive={"timeout": "1ms"})) == []
     )
+    listener = config_of(
+        {
+            "outbound": {
+                "listen": "127.0.0.1:0",
+                "routes": [{"prefix": "/", "cluster": "a"}],
+                "keepalive": {"timeout": "1ms", "time": "1ms"},
+            },
+            "clusters": {"a": {"target": "static:///127.0.0.1:1"}},
+        }
+    )
+    assert unsupported(listener) == []
+    slower = config_of(
+        {
+            "outbound": {
+                "listen": "127.0.0.1:0",
+                "routes": [{"prefix": "/", "cluster": "a"}],
+                "keepalive": {"timeout": "0.999ms"},
+            },
+            "clusters": {"a": {"target": "static:///127.0.0.1:1"}},
+        }
+    )
+    assert [e.path for e in unsupported(slower)] == ["outbound.keepalive.timeout"]
 
 
 # --------------------------------------------------------------------------- static bootstrap
