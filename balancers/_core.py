@@ -196,6 +196,11 @@ class ChannelCore:
         """Live subchannels (for admin endpoints and tests)."""
         return sorted(self._subchannels, key=lambda sc: str(sc.address))
 
+    @property
+    def ejections_total(self) -> int:
+        """Outlier-detection ejections so far (0 without outlier detection)."""
+        return 0 if self._detector is None else int(self._detector.ejections_total)
+
     # -- picking (any thread) ------------------------------------------------------------------
 
     @property

@@ -94,10 +94,16 @@ class OutlierDetector(Generic[K]):
         self._lock = threading.Lock()
         self._endpoints: dict[K, _Endpoint] = {}
         self._ejected = 0
+        self._ejections_total = 0
 
     @property
     def config(self) -> OutlierConfig:
         return self._config
+
+    @property
+    def ejections_total(self) -> int:
+        """Ejections so far (a counter: never decreases, un-ejections do not count)."""
+        return self._ejections_total
 
     def add(self, key: K) -> None:
         """Track ``key``; a no-op if already tracked (its history is kept)."""
@@ -144,6 +150,7 @@ class OutlierDetector(Generic[K]):
             ep.ejected_until = now + duration
             ep.failures = 0
             self._ejected += 1
+            self._ejections_total += 1
             return True
 
     def is_ejected(self, key: K) -> bool:

@@ -241,7 +241,7 @@ def _upstream(route: Route, cluster: Cluster) -> proxy.Upstream:
         cluster.channel,
         timeout=None if timeout is None else float(timeout),
         retry=retry_policy(cluster.config.retry),
-        default_kind=proxy.RpcKind(route.kind),
+        default_kind=proxy.RpcKind(route.kind or "stream_stream"),
     )
 
 

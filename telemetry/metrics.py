@@ -24,6 +24,7 @@ __all__ = [
     "SERVER_STREAM",
     "UNARY",
     "GrpcMetrics",
+    "MethodMetrics",
     "RpcKind",
     "Side",
     "code_label",
@@ -102,8 +103,15 @@ class _MethodSeries:
         "started",
     )
 
-    def __init__(self, metrics: GrpcMetrics, kind: RpcKind, service: str, method: str) -> None:
-        self._labels = (kind, service, method)
+    def __init__(
+        self,
+        metrics: GrpcMetrics,
+        kind: RpcKind,
+        service: str,
+        method: str,
+        scope: tuple[str, ...] = (),
+    ) -> None:
+        self._labels = (kind, service, method, *scope)
         self.started = metrics.started.labels(*self._labels)
         self.handling = metrics.handling_seconds.labels(*self._labels)
         self.received = metrics.msg_received.labels(*self._labels)
@@ -119,6 +127,56 @@ class _MethodSeries:
         return child
 
 
+class MethodMetrics:
+    """The RPC metrics of one scope (e.g. ``direction="outbound", cluster="backend"``) of a
+    :class:`GrpcMetrics` with extra labels: the same ``start`` / ``done`` / ``received`` /
+    ``sent`` API, with the scope's label values fixed. Made by :meth:`GrpcMetrics.scope`;
+    resolve it once per route or upstream, not per call."""
+
+    __slots__ = ("_metrics", "_overflow", "_scope", "_series")
+
+    def __init__(self, metrics: GrpcMetrics, scope: tuple[str, ...]) -> None:
+        self._metrics = metrics
+        self._scope = scope
+        self._series: dict[RpcKind, dict[str, _MethodSeries]] = {k: {} for k in _KINDS}
+        self._overflow: dict[RpcKind, _MethodSeries] = {}
+
+    def _get(self, method: str, kind: RpcKind) -> _MethodSeries:
+        by_method = self._series[kind]
+        series = by_method.get(method)
+        if series is None:
+            metrics = self._metrics
+            if metrics.reserve_method(method):
+                series = _MethodSeries(metrics, kind, *split_method(method), self._scope)
+                by_method[method] = series
+            else:
+                series = self._overflow.get(kind)
+                if series is None:
+                    unknown = (UNKNOWN_LABEL, UNKNOWN_LABEL)
+                    series = _MethodSeries(metrics, kind, *unknown, self._scope)
+                    self._overflow[kind] = series
+        return series
+
+    def start(self, method: str, kind: RpcKind = UNARY) -> float:
+        """Count a started RPC; returns the start time to pass to :meth:`done`."""
+        self._get(method, kind).started.inc()
+        return time.perf_counter()
+
+    def done(self, method: str, kind: RpcKind, code: grpc.StatusCode, started_at: float) -> None:
+        """Count a finished RPC with its status and observe its latency since ``started_at``."""
+        series = self._get(method, kind)
+        series.handled(code).inc()
+        series.handling.observe(time.perf_counter() - started_at)
+
+    def received(self, method: str, kind: RpcKind, n: int = 1) -> None:
+        """Count ``n`` messages received (requests on a server, responses on a client)."""
+        self._get(method, kind).received.inc(n)
+
+    def sent(self, method: str, kind: RpcKind, n: int = 1) -> None:
+        """Count ``n`` messages sent (responses on a server, requests on a client)."""
+        self._get(method, kind).sent.inc(n)
+
+
 class GrpcMetrics:
     """go-grpc-prometheus style RPC metrics for one side (``client`` or ``server``).
 
@@ -132,6 +190,10 @@ class GrpcMetrics:
     Method names come from peers, so at most ``max_methods`` distinct names get their own
     series; later ones are counted under ``grpc_service="unknown", grpc_method="unknown"`` to
     bound the cardinality a misbehaving client can create.
+
+    ``labels``: extra label names after ``grpc_method`` (the sidecar's ``direction`` and
+    ``cluster``). Their values are fixed per :meth:`scope`; the direct API above is then not
+    available (it has no values for them). The method cap counts names across all scopes.
     """
 
     def __init__(
@@ -141,11 +203,13 @@ class GrpcMetrics:
         *,
         buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS,
         max_methods: int = 1000,
+        labels: tuple[str, ...] = (),
     ) -> None:
         if side not in ("client", "server"):
             raise ValueError(f"side must be 'client' or 'server', not {side!r}")
         reg = REGISTRY if registry is None else registry
-        labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.extra_labels = tuple(labels)
+        labels = ("grpc_type", "grpc_service", "grpc_method", *labels)
         self.side: Side = side
         self.started = Counter(
             f"grpc_{side}_started",
@@ -179,38 +243,29 @@ class GrpcMetrics:
             registry=reg,
         )
         self._max_methods = max_methods
-        self._series: dict[RpcKind, dict[str, _MethodSeries]] = {k: {} for k in _KINDS}
-        self._overflow: dict[RpcKind, _MethodSeries] = {}
+        self._methods: set[str] = set()
+        self._scopes: dict[tuple[str, ...], MethodMetrics] = {}
+        self._unscoped = MethodMetrics(self, ())
+        # The direct API: bound methods of the empty scope (no extra per-call hop).
+        self.start = self._unscoped.start
+        self.done = self._unscoped.done
+        self.received = self._unscoped.received
+        self.sent = self._unscoped.sent
 
-    def _get(self, method: str, kind: RpcKind) -> _MethodSeries:
-        by_method = self._series[kind]
-        series = by_method.get(method)
-        if series is None:
-            if len(by_method) < self._max_methods:
-                series = _MethodSeries(self, kind, *split_method(method))
-                by_method[method] = series
-            else:
-                series = self._overflow.get(kind)
-                if series is None:
-                    series = _MethodSeries(self, kind, UNKNOWN_LABEL, UNKNOWN_LABEL)
-                    self._overflow[kind] = series
-        return series
+    def scope(self, *values: str) -> MethodMetrics:
+        """The metrics of one value per extra label (in ``labels`` order), made once."""
+        if len(values) != len(self.extra_labels):
+            raise ValueError(f"scope needs values for {self.extra_labels}, got {values!r}")
+        found = self._scopes.get(values)
+        if found is None:
+            found = self._scopes[values] = MethodMetrics(self, values)
+        return found
 
-    def start(self, method: str, kind: RpcKind = UNARY) -> float:
-        """Count a started RPC; returns the start time to pass to :meth:`done`."""
-        self._get(method, kind).started.inc()
-        return time.perf_counter()
-
-    def done(self, method: str, kind: RpcKind, code: grpc.StatusCode, started_at: float) -> None:
-        """Count a finished RPC with its status and observe its latency since ``started_at``."""
-        series = self._get(method, kind)
-        series.handled(code).inc()
-        series.handling.observe(time.perf_counter() - started_at)
-
-    def received(self, method: str, kind: RpcKind, n: int = 1) -> None:
-        """Count ``n`` messages received (requests on a server, responses on a client)."""
-        self._get(method, kind).received.inc(n)
-
-    def sent(self, method: str, kind: RpcKind, n: int = 1) -> None:
-        """Count ``n`` messages sent (responses on a server, requests on a client)."""
-        self._get(method, kind).sent.inc(n)
+    def reserve_method(self, method: str) -> bool:
+        """Whether ``method`` gets series of its own (the ``max_methods`` cap)."""
+        if method in self._methods:
+            return True
+        if len(self._methods) >= self._max_methods:
+            return False
+        self._methods.add(method)
+        return True

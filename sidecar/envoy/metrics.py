@@ -7,7 +7,10 @@
   per *upstream cluster* (``cluster.<c>.grpc.<pkg.Service>.<Method>.<stat>``), not per listener,
   and the bootstrap's tag extraction (:func:`sidecar.envoy.bootstrap.stats_config`) turns them
   into ``envoy_cluster_grpc*{envoy_cluster_name, grpc_service, grpc_method[, grpc_code]}``.
-  Series are summed over clusters, as the Python plane counts both listeners in one set:
+  The sidecar passes :func:`meshkit_scope`, so the series carry ``direction`` and ``cluster``
+  (the contract of :mod:`sidecar.proxy_metrics`, the same on the Python plane) and come with
+  ``grpc_client_*`` twins and the per-cluster retry and ejection counters; without a scope
+  they are summed over clusters:
 
   ========================================  ===================================================
   ``grpc_server_handled_total``             ``cluster.<c>.grpc.<s>.<m>.<status number>``
@@ -17,6 +20,9 @@
   ``grpc_server_msg_sent_total``            ``...response_message_count``
   ``grpc_server_handling_seconds``          ``...upstream_rq_time`` (the upstream's time, whole
                                             milliseconds: buckets start at 1 ms)
+  ``meshkit_cluster_retries_total``         ``cluster.<c>.upstream_rq_retry``
+  ``meshkit_cluster_ejections_total``       ``cluster.<c>.outlier_detection.ejections_enforced_
+                                            total``
   ========================================  ===================================================
 
   Where Envoy has no equivalent: ``grpc_type`` is ``"unknown"`` (Envoy does not know a
@@ -25,10 +31,6 @@
   hints so both planes label alike; a call ended by the client (cancel, deadline) carries no
   ``grpc-status`` and is not counted, where the Python plane counts ``Canceled`` /
   ``DeadlineExceeded``; a status code above 16 is spelt ``Code(<n>)``, as Go does.
-  ``direction`` (optional, off by default so labels match the Python plane): a function from
-  Envoy cluster name to a ``direction`` label value (the owner knows which cluster is the local
-  app's, i.e. inbound); a listener's ``stat_prefix`` cannot be used, as ``grpc_stats`` does not
-  record it.
 - every other Envoy stat, re-exported under Envoy's own family names (``envoy_*``). Counters
   come out with the ``_total`` suffix Prometheus client libraries require; where Envoy has both
   ``X`` (labelled, e.g. per response code) and ``X_total``, the labelled one becomes
@@ -63,14 +65,27 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from sidecar.envoy._translate_clusters import OUTBOUND_PREFIX
+from sidecar.envoy._translate_listeners import APP_CLUSTER as APP_ENVOY_CLUSTER
 from sidecar.envoy.admin_client import AdminError, EnvoyAdmin, address_text
 from sidecar.envoy.bootstrap import XDS_CLUSTER
+from sidecar.proxy_metrics import (
+    APP_CLUSTER,
+    EJECTIONS,
+    EJECTIONS_HELP,
+    INBOUND,
+    LABELS,
+    OUTBOUND,
+    RETRIES,
+    RETRIES_HELP,
+)
 from telemetry.metrics import UNKNOWN_LABEL, code_label
 
 __all__ = [
     "EnvoyCollector",
     "clusters_view",
     "envoy_families",
+    "meshkit_scope",
     "read_clusters_view",
     "reexport",
     "translate_grpc",
@@ -78,10 +93,10 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-Direction = Callable[[str], str]
 #: Method path (``/pkg.Service/Method``) -> ``grpc_type`` label value.
 GrpcTypeOf = Callable[[str], str]
-"""Envoy cluster name -> ``direction`` label value."""
+#: Envoy cluster name -> ``(direction, cluster)`` label values, ``None`` to leave it out.
+ScopeOf = Callable[[str], "tuple[str, str] | None"]
 
 # Family names as prometheus_client's parser gives them (a counter loses ``_total``, so Envoy's
 # per-code ``...grpc`` and its ``...grpc.total`` share the name; the grpc_code label tells).
@@ -97,6 +112,9 @@ _GRPC_FAMILIES: Final = frozenset(
     }
 )
 _CLUSTER_LABEL: Final = "envoy_cluster_name"
+# Counter family names as the parser gives them (without ``_total``).
+_RETRY: Final = "envoy_cluster_upstream_rq_retry"
+_EJECTIONS: Final = "envoy_cluster_outlier_detection_ejections_enforced"
 _CODE_NAMES: Final = {code.value[0]: code_label(code) for code in grpc.StatusCode}
 
 
@@ -131,22 +149,76 @@ class _Histogram:
         self.total += total
 
 
+def meshkit_scope(envoy_cluster: str) -> tuple[str, str] | None:
+    """The ``(direction, cluster)`` labels of calls to an Envoy cluster named by
+    :mod:`sidecar.envoy.translate`; ``None`` for meshkit's own clusters (health, OTLP)."""
+    if envoy_cluster.startswith(OUTBOUND_PREFIX):
+        return OUTBOUND, envoy_cluster[len(OUTBOUND_PREFIX) :]
+    if envoy_cluster == APP_ENVOY_CLUSTER:
+        return INBOUND, APP_CLUSTER
+    return None
+
+
+def _server_and_client(labels: tuple[str, ...], sides: tuple[str, ...]) -> dict[str, list[Metric]]:
+    out: dict[str, list[Metric]] = {}
+    for side in sides:
+        out[side] = [
+            CounterMetricFamily(
+                f"grpc_{side}_started",
+                f"Total number of RPCs started on the {side}.",
+                labels=labels,
+            ),
+            CounterMetricFamily(
+                f"grpc_{side}_handled",
+                f"Total number of RPCs completed on the {side}, regardless of success or failure.",
+                labels=(*labels, "grpc_code"),
+            ),
+            HistogramMetricFamily(
+                f"grpc_{side}_handling_seconds",
+                f"Histogram of RPC handling latency (seconds) on the {side}.",
+                labels=labels,
+            ),
+            CounterMetricFamily(
+                f"grpc_{side}_msg_received",
+                f"Total number of RPC stream messages received on the {side}.",
+                labels=labels,
+            ),
+            CounterMetricFamily(
+                f"grpc_{side}_msg_sent",
+                f"Total number of RPC stream messages sent on the {side}.",
+                labels=labels,
+            ),
+        ]
+    return out
+
+
 def translate_grpc(
     families: Iterable[Metric],
     *,
-    direction: Direction | None = None,
+    scope: ScopeOf | None = None,
     grpc_type: GrpcTypeOf | None = None,
 ) -> list[Metric]:
     """The ``grpc_server_*`` families from Envoy's parsed ``envoy_cluster_grpc*`` families
-    (see the module doc); samples without ``grpc_service`` / ``grpc_method`` are skipped."""
+    (see the module doc); samples without ``grpc_service`` / ``grpc_method`` are skipped.
+
+    ``scope``: Envoy cluster name -> ``(direction, cluster)`` labels, or ``None`` to leave the
+    cluster's calls out (e.g. :func:`meshkit_scope`). With it the families carry those labels,
+    ``grpc_client_*`` twins come too (Envoy's per-method stats are per downstream request, so
+    the two sides count the same calls; the messages swap sides), and
+    ``meshkit_cluster_retries_total`` / ``meshkit_cluster_ejections_total`` for outbound
+    clusters. Without it, series are summed over clusters."""
     labels: tuple[str, ...] = ("grpc_type", "grpc_service", "grpc_method")
-    if direction is not None:
-        labels = (*labels, "direction")
+    sides: tuple[str, ...] = ("server",)
+    if scope is not None:
+        labels = (*labels, *LABELS)
+        sides = ("server", "client")
     started: dict[tuple[str, ...], float] = {}
     handled: dict[tuple[str, ...], float] = {}
     received: dict[tuple[str, ...], float] = {}
     sent: dict[tuple[str, ...], float] = {}
     histograms: dict[tuple[str, ...], dict[str, _Part]] = {}
+    retries: dict[str, float] = {}
+    ejections: dict[str, float] = {}
 
     def key(sample_labels: Mapping[str, str]) -> tuple[str, ...] | None:
         service = sample_labels.get("grpc_service")
@@ -155,14 +227,20 @@ def translate_grpc(
             return None
         kind = grpc_type(f"/{service}/{method}") if grpc_type is not None else UNKNOWN_LABEL
         base = (kind, service, method)
-        if direction is None:
+        if scope is None:
             return base
-        return (*base, direction(sample_labels.get(_CLUSTER_LABEL, "")))
+        found = scope(sample_labels.get(_CLUSTER_LABEL, ""))
+        return None if found is None else (*base, *found)
+
+    def outbound_cluster(sample_labels: Mapping[str, str]) -> str | None:
+        found = scope(sample_labels.get(_CLUSTER_LABEL, "")) if scope is not None else None
+        return found[1] if found is not None and found[0] == OUTBOUND else None
 
     messages = {
         f"{_GRPC}_request_message_count": received,
         f"{_GRPC}_response_message_count": sent,
     }
+    cluster_counts = {_RETRY: retries, _EJECTIONS: ejections}
     for family in families:
         if family.type == "counter" and (family.name == _GRPC or family.name in messages):
             for sample in family.samples:
@@ -182,38 +260,15 @@ def translate_grpc(
                 k = key(sample.labels)
                 if k is not None:
                     _add_part(histograms.setdefault(k, {}), sample)
+        elif family.type == "counter" and family.name in cluster_counts:
+            counts = cluster_counts[family.name]
+            for sample in family.samples:
+                name = outbound_cluster(sample.labels)
+                if name is not None and sample.name.endswith("_total"):
+                    counts[name] = counts.get(name, 0.0) + sample.value
 
-    out_started = CounterMetricFamily(
-        "grpc_server_started", "Total number of RPCs started on the server.", labels=labels
-    )
-    out_handled = CounterMetricFamily(
-        "grpc_server_handled",
-        "Total number of RPCs completed on the server, regardless of success or failure.",
-        labels=(*labels, "grpc_code"),
-    )
-    out_received = CounterMetricFamily(
-        "grpc_server_msg_received",
-        "Total number of RPC stream messages received on the server.",
-        labels=labels,
-    )
-    out_sent = CounterMetricFamily(
-        "grpc_server_msg_sent",
-        "Total number of RPC stream messages sent on the server.",
-        labels=labels,
-    )
-    out_seconds = HistogramMetricFamily(
-        "grpc_server_handling_seconds",
-        "Histogram of RPC handling latency (seconds) on the server.",
-        labels=labels,
-    )
-    for source, family in (
-        (started, out_started),
-        (handled, out_handled),
-        (received, out_received),
-        (sent, out_sent),
-    ):
-        for k, value in sorted(source.items()):
-            family.add_metric(list(k), value)
+    out = _server_and_client(labels, sides)
+    merged_histograms: list[tuple[tuple[str, ...], list[tuple[str, float]], float]] = []
     for k, parts in sorted(histograms.items()):
         merged = _Histogram()
         for buckets, total in parts.values():
@@ -221,12 +276,32 @@ def translate_grpc(
         bounds = sorted(merged.buckets or {})
         if not bounds or bounds[-1] != float("inf"):
             continue  # not a whole histogram: better none than a wrong one
-        out_seconds.add_metric(
-            list(k),
-            [(_le_seconds(le), (merged.buckets or {})[le]) for le in bounds],
-            merged.total / 1000.0,
-        )
-    return [out_started, out_handled, out_seconds, out_received, out_sent]
+        points = [(_le_seconds(le), (merged.buckets or {})[le]) for le in bounds]
+        merged_histograms.append((k, points, merged.total / 1000.0))
+    for side, (o_started, o_handled, o_seconds, o_received, o_sent) in out.items():
+        # A server receives requests and sends responses; a client the other way round.
+        ins, outs = (received, sent) if side == "server" else (sent, received)
+        for source, family in (
+            (started, o_started),
+            (handled, o_handled),
+            (ins, o_received),
+            (outs, o_sent),
+        ):
+            for k, value in sorted(source.items()):
+                family.add_metric(list(k), value)  # type: ignore[attr-defined]
+        for k, points, total in merged_histograms:
+            o_seconds.add_metric(list(k), points, total)  # type: ignore[attr-defined]
+    result = [metric for side in sides for metric in out[side]]
+    if scope is not None:
+        for name, help_, counts in (
+            (RETRIES, RETRIES_HELP, retries),
+            (EJECTIONS, EJECTIONS_HELP, ejections),
+        ):
+            family = CounterMetricFamily(name, help_, labels=("cluster",))
+            for cluster, value in sorted(counts.items()):
+                family.add_metric([cluster], value)
+            result.append(family)
+    return result
 
 
 def _add_part(parts: dict[str, _Part], sample: Any) -> None:
@@ -307,13 +382,13 @@ def _short(label: str) -> str:
 
 
 def envoy_families(
-    text: str, *, direction: Direction | None = None, grpc_type: GrpcTypeOf | None = None
+    text: str, *, scope: ScopeOf | None = None, grpc_type: GrpcTypeOf | None = None
 ) -> list[Metric]:
     """Everything :class:`EnvoyCollector` yields from one ``/stats/prometheus`` answer, but
     ``meshkit_envoy_up``. Raises ``ValueError`` on text that is not Prometheus' format."""
     families = list(text_string_to_metric_families(text))
     return [
-        *translate_grpc(families, direction=direction, grpc_type=grpc_type),
+        *translate_grpc(families, scope=scope, grpc_type=grpc_type),
         *reexport(families),
     ]
 
@@ -336,7 +411,7 @@ class EnvoyCollector(Collector):
         registry: CollectorRegistry | None = None,
         timeout: float | None = None,
         used_only: bool = True,
-        direction: Direction | None = None,
+        scope: ScopeOf | None = None,
         grpc_type: GrpcTypeOf | None = None,
     ) -> None:
         self._grpc_type = grpc_type
@@ -345,7 +420,7 @@ class EnvoyCollector(Collector):
         )
         self._timeout = timeout
         self._used_only = used_only
-        self._direction = direction
+        self._scope = scope
         self._was_up = True
         if registry is not None:
             registry.register(self)
@@ -353,7 +428,7 @@ class EnvoyCollector(Collector):
     def describe(self) -> Iterable[Metric]:
         """The families always present: lets a registry catch a clash (e.g. the Python
         plane's ``grpc_server_*`` registered in the same registry) at registration."""
-        return [_up(), *translate_grpc((), direction=self._direction)]
+        return [_up(), *translate_grpc((), scope=self._scope)]
 
     def collect(self) -> Iterator[Metric]:
         """Read Envoy now; only ``meshkit_envoy_up 0`` when that fails."""
@@ -364,9 +439,7 @@ class EnvoyCollector(Collector):
             if isinstance(admin, str):
                 admin = EnvoyAdmin(admin)
             text = admin.stats_prometheus(used_only=self._used_only, timeout=self._timeout)
-            families = envoy_families(
-                text, direction=self._direction, grpc_type=self._grpc_type
-            )
+            families = envoy_families(text, scope=self._scope, grpc_type=self._grpc_type)
         except Exception as exc:
             if self._was_up:
                 _LOG.warning("envoy: reading stats failed: %s", exc)

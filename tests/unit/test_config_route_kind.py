@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,10 +18,10 @@ def _raw(**route: Any) -> dict[str, Any]:
     }
 
 
-def test_default_kind_is_stream_stream() -> None:
+def test_default_kind_is_null_learned_else_stream_stream() -> None:
     config = parse_config(_raw(), {})
     assert config.outbound is not None
-    assert config.outbound.routes[0].kind == "stream_stream"
+    assert config.outbound.routes[0].kind is None
 
 
 @pytest.mark.parametrize("kind", RPC_KINDS)
@@ -43,3 +44,30 @@ def test_kind_from_the_environment() -> None:
     config = parse_config(_raw(), {"MESHKIT_OUTBOUND__ROUTES__0__KIND": "unary_unary"})
     assert config.outbound is not None
     assert config.outbound.routes[0].kind == "unary_unary"
+
+
+def test_method_kinds_block_defaults_and_descriptor_sets(tmp_path: Path) -> None:
+    from google.protobuf import descriptor_pb2
+
+    config = parse_config(_raw(), {})
+    assert config.method_kinds.reflection is True
+    assert config.method_kinds.descriptor_sets == ()
+    good = descriptor_pb2.FileDescriptorSet()
+    good.file.add(name="a.proto", package="a").service.add(name="S")
+    (tmp_path / "good.pb").write_bytes(good.SerializeToString())
+    (tmp_path / "bad.pb").write_bytes(b"\xff\xfe garbage")
+    raw = {**_raw(), "method_kinds": {"descriptor_sets": ["good.pb"], "reflection": False}}
+    config = parse_config(raw, {}, base_dir=str(tmp_path))
+    assert config.method_kinds.descriptor_sets == (str(tmp_path / "good.pb"),)
+    assert config.method_kinds.reflection is False
+    raw["method_kinds"] = {"descriptor_sets": ["good.pb", "bad.pb", "missing.pb"]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, {}, base_dir=str(tmp_path))
+    problems = {e.path: e.message for e in info.value.errors}
+    assert set(problems) == {"method_kinds.descriptor_sets[1]", "method_kinds.descriptor_sets[2]"}
+    assert "FileDescriptorSet" in problems["method_kinds.descriptor_sets[1]"]
+    assert "no such file" in problems["method_kinds.descriptor_sets[2]"]
+    raw["method_kinds"] = {"refresh": "0s", "timeout": "61s"}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, {})
+    assert {e.path for e in info.value.errors} == {"method_kinds.refresh", "method_kinds.timeout"}

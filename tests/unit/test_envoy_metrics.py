@@ -33,9 +33,11 @@ from sidecar.envoy.metrics import (
     EnvoyCollector,
     clusters_view,
     envoy_families,
+    meshkit_scope,
     reexport,
     translate_grpc,
 )
+from sidecar.proxy_metrics import ProxyMetrics
 from telemetry.metrics import UNARY, GrpcMetrics
 
 DATA = Path(__file__).parent / "envoy_data"
@@ -137,14 +139,101 @@ def test_same_names_labels_and_types_as_the_python_plane(translated: _Families) 
     assert grpc_le <= python_le  # the same bounds, from 1 ms up
 
 
-def test_direction_label_from_the_cluster() -> None:
-    families = _Families(
-        envoy_families(STATS, direction=lambda c: "inbound" if c == "echo_a" else "outbound")
+def _meshkit_names(text: str) -> str:
+    # The sample was taken from a static Envoy: give its clusters the sidecar's names.
+    return text.replace('"echo_a"', '"outbound|backend"').replace('"echo_b"', '"inbound|app"')
+
+
+def test_meshkit_scope_names_direction_and_cluster() -> None:
+    assert meshkit_scope("outbound|backend") == ("outbound", "backend")
+    assert meshkit_scope("outbound|a|b") == ("outbound", "a|b")
+    assert meshkit_scope("inbound|app") == ("inbound", "app")
+    assert meshkit_scope("meshkit|health") is None
+    assert meshkit_scope("meshkit|otlp") is None
+    assert meshkit_scope("xds") is None
+
+
+def test_scope_labels_server_and_client_families() -> None:
+    families = _Families(envoy_families(_meshkit_names(STATS), scope=meshkit_scope))
+    out = {"direction": "outbound", "cluster": "backend"}
+    inb = {"direction": "inbound", "cluster": "app"}
+    for side in ("server", "client"):
+        handled = f"grpc_{side}_handled_total"
+        assert families.value(handled, _labels("Unary", grpc_code="OK", **out)) == 2
+        assert families.value(handled, _labels("Unary", grpc_code="OK", **inb)) == 4
+        assert families.value(handled, _labels("Unary", grpc_code="OK")) is None
+        assert families.value(f"grpc_{side}_handling_seconds_count", _labels("Unary", **out)) == 3
+    # requests: received by the server side, sent by the client side
+    received = families.value("grpc_server_msg_received_total", _labels("Unary", **out))
+    assert received == 3
+    assert families.value("grpc_client_msg_sent_total", _labels("Unary", **out)) == received
+    sent = families.value("grpc_server_msg_sent_total", _labels("Unary", **out))
+    assert families.value("grpc_client_msg_received_total", _labels("Unary", **out)) == sent
+
+
+def test_scope_leaves_out_meshkit_clusters() -> None:
+    text = STATS.replace('"echo_a"', '"meshkit|health"').replace('"echo_b"', '"outbound|b"')
+    families = _Families(envoy_families(text, scope=meshkit_scope))
+    started = [s for f in families.list if f.name == "grpc_server_started" for s in f.samples]
+    assert started and {s.labels["cluster"] for s in started} == {"b"}
+
+
+def test_retries_and_ejections_per_outbound_cluster() -> None:
+    text = (
+        "# TYPE envoy_cluster_upstream_rq_retry counter\n"
+        'envoy_cluster_upstream_rq_retry{envoy_cluster_name="outbound|a"} 3\n'
+        'envoy_cluster_upstream_rq_retry{envoy_cluster_name="outbound|b"} 0\n'
+        'envoy_cluster_upstream_rq_retry{envoy_cluster_name="inbound|app"} 9\n'
+        'envoy_cluster_upstream_rq_retry{envoy_cluster_name="meshkit|health"} 9\n'
+        "# TYPE envoy_cluster_outlier_detection_ejections_enforced_total counter\n"
+        'envoy_cluster_outlier_detection_ejections_enforced_total{envoy_cluster_name="outbound|a"}'
+        " 2\n"
     )
-    handled = "grpc_server_handled_total"
-    assert families.value(handled, _labels("Unary", grpc_code="OK", direction="inbound")) == 2
-    assert families.value(handled, _labels("Unary", grpc_code="OK", direction="outbound")) == 4
-    assert families.value(handled, _labels("Unary", grpc_code="OK")) is None
+    families = _Families(envoy_families(text, scope=meshkit_scope))
+    assert families.value("meshkit_cluster_retries_total", {"cluster": "a"}) == 3
+    assert families.value("meshkit_cluster_retries_total", {"cluster": "b"}) == 0
+    assert families.value("meshkit_cluster_retries_total", {"cluster": "app"}) is None
+    assert families.value("meshkit_cluster_retries_total", {"cluster": "health"}) is None
+    assert families.value("meshkit_cluster_ejections_total", {"cluster": "a"}) == 2
+    # Envoy's own families stay too
+    assert (
+        families.value(
+            "envoy_cluster_upstream_rq_retry_total", {"envoy_cluster_name": "outbound|a"}
+        )
+        == 3
+    )
+
+
+def test_scoped_families_match_the_python_plane_contract() -> None:
+    python = CollectorRegistry()
+    metrics = ProxyMetrics(python, dict)
+    server, client = metrics.scopes("outbound", "backend")
+    for side in (server, client):
+        side.done(
+            "/meshkit.test.Echo/Unary",
+            UNARY,
+            grpc.StatusCode.OK,
+            side.start("/meshkit.test.Echo/Unary", UNARY),
+        )
+        side.received("/meshkit.test.Echo/Unary", UNARY)
+        side.sent("/meshkit.test.Echo/Unary", UNARY)
+    metrics.retries.labels("backend").inc()
+
+    def shape(families: Iterable[Metric]) -> dict[str, tuple[str, frozenset[str]]]:
+        out = {}
+        for family in families:
+            if family.name.startswith(("grpc_", "meshkit_cluster_retries")):
+                names = {k for s in family.samples if "_created" not in s.name for k in s.labels}
+                out[family.name] = (family.type, frozenset(names - {"le"}))
+        return out
+
+    envoy = envoy_families(
+        _meshkit_names(STATS)
+        + "# TYPE envoy_cluster_upstream_rq_retry counter\n"
+        + 'envoy_cluster_upstream_rq_retry{envoy_cluster_name="outbound|backend"} 1\n',
+        scope=meshkit_scope,
+    )
+    assert shape(envoy) == shape(python.collect())
 
 
 def test_unknown_and_out_of_range_codes() -> None:

@@ -385,3 +385,17 @@ def test_an_expiry_time_ahead_of_the_clock_never_grows_the_multiplier() -> None:
     fail(det, "a", 3)
     until = det.next_expiry()
     assert until is not None and until - clock.now == 20.0  # second ejection: 2x, not 3x
+
+
+def test_ejections_total_counts_every_ejection_and_never_decreases() -> None:
+    det, clock = detector(keys=("a", "b"), max_ejection_percent=50)
+    assert det.ejections_total == 0
+    fail(det, "a", 3)
+    fail(det, "b", 3)  # refused by the cap: not an ejection
+    assert det.ejections_total == 1
+    clock.now = det.next_expiry() or 0.0
+    assert det.expired() == ["a"]
+    assert det.ejections_total == 1  # un-ejection does not count
+    fail(det, "a", 3)
+    det.remove("a")
+    assert det.ejections_total == 2

@@ -88,3 +88,44 @@ def test_method_cardinality_is_capped(registry: CollectorRegistry) -> None:
     assert get("grpc_server_started_total", labels("M2", BIDI_STREAM)) is None
     unknown = {"grpc_type": BIDI_STREAM, "grpc_service": "unknown", "grpc_method": "unknown"}
     assert get("grpc_server_started_total", unknown) == 3
+
+
+def test_scoped_metrics_carry_their_label_values(registry: CollectorRegistry) -> None:
+    m = GrpcMetrics(registry, "server", labels=("direction", "cluster"))
+    out = m.scope("outbound", "backend")
+    assert m.scope("outbound", "backend") is out  # made once
+    inbound = m.scope("inbound", "app")
+    out.done("/pkg.Svc/Get", UNARY, grpc.StatusCode.OK, out.start("/pkg.Svc/Get", UNARY))
+    out.received("/pkg.Svc/Get", UNARY, 3)
+    inbound.done("/pkg.Svc/Get", UNARY, grpc.StatusCode.NOT_FOUND, inbound.start("/pkg.Svc/Get"))
+    inbound.sent("/pkg.Svc/Get", UNARY, 2)
+    get = registry.get_sample_value
+    outbound_labels = labels(direction="outbound", cluster="backend")
+    inbound_labels = labels(direction="inbound", cluster="app")
+    assert get("grpc_server_started_total", outbound_labels) == 1
+    assert get("grpc_server_handled_total", {**outbound_labels, "grpc_code": "OK"}) == 1
+    assert get("grpc_server_handled_total", {**inbound_labels, "grpc_code": "NotFound"}) == 1
+    assert get("grpc_server_handled_total", {**inbound_labels, "grpc_code": "OK"}) is None
+    assert get("grpc_server_msg_received_total", outbound_labels) == 3
+    assert get("grpc_server_msg_sent_total", inbound_labels) == 2
+    assert get("grpc_server_handling_seconds_count", inbound_labels) == 1
+
+
+def test_scope_needs_one_value_per_extra_label(registry: CollectorRegistry) -> None:
+    m = GrpcMetrics(registry, "client", labels=("cluster",))
+    with pytest.raises(ValueError, match="cluster"):
+        m.scope("a", "b")
+    with pytest.raises(ValueError):
+        m.start("/pkg.Svc/Get")  # the direct API has no value for "cluster"
+
+
+def test_method_cap_is_shared_by_scopes(registry: CollectorRegistry) -> None:
+    m = GrpcMetrics(registry, "client", max_methods=1, labels=("cluster",))
+    a, b = m.scope("a"), m.scope("b")
+    a.start("/pkg.Svc/M0")
+    b.start("/pkg.Svc/M0")  # the same name: no new slot
+    b.start("/pkg.Svc/M1")
+    get = registry.get_sample_value
+    assert get("grpc_client_started_total", labels("M0", cluster="b")) == 1
+    unknown = {"grpc_type": UNARY, "grpc_service": "unknown", "grpc_method": "unknown"}
+    assert get("grpc_client_started_total", {**unknown, "cluster": "b"}) == 1
