@@ -4,7 +4,7 @@ entry-point group, loaded lazily on first lookup of an unknown name."""
 from __future__ import annotations
 
 from balancers._base import BalancerBuilder
-from resolvers._plugins import PluginRegistry
+from resolvers.plugins import PluginRegistry
 
 ENTRY_POINT_GROUP = "meshkit.balancers"
 

@@ -1,4 +1,4 @@
-"""A loopback DNS server for the harness: the sidecar's demo server, run on its own thread.
+"""A loopback DNS server for the harness: the sidecar's loopback server, run on its own thread.
 
 The synchronous harness changes the answers while clients and sidecars query it, and reads when
 each query was answered (``time.monotonic()``, the same system-wide clock as the backends' and
@@ -19,7 +19,7 @@ import dns.exception
 import dns.message
 import dns.rdatatype
 
-from sidecar._demo_dns import DemoDnsServer
+from sidecar.loopback_dns import DnsServer
 
 _T = TypeVar("_T")
 
@@ -33,8 +33,8 @@ class Query:
     rdtype: str
 
 
-class RecordingDnsServer(DemoDnsServer):
-    """:class:`~sidecar._demo_dns.DemoDnsServer` keeping the time of every answered query."""
+class RecordingDnsServer(DnsServer):
+    """:class:`~sidecar.loopback_dns.DnsServer` keeping the time of every answered query."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         super().__init__(host)
@@ -58,7 +58,7 @@ class RecordingDnsServer(DemoDnsServer):
             self._queries.append(entry)
         return reply
 
-    def queries(self, name: str, since: float = 0.0) -> list[Query]:
+    def answered(self, name: str, since: float = 0.0) -> list[Query]:
         """The queries for ``name`` answered at or after ``since`` (monotonic seconds)."""
         with self._lock:
             return [q for q in self._queries if q.name == name and q.at >= since]
@@ -94,11 +94,11 @@ class ThreadedDns:
         self._call(_set())
 
     def queries(self, name: str, since: float = 0.0) -> list[Query]:
-        return self.server.queries(name, since)
+        return self.server.answered(name, since)
 
     def a_queries(self, name: str) -> int:
         """How many A queries for ``name`` were answered so far."""
-        return sum(1 for q in self.server.queries(name) if q.rdtype == "A")
+        return sum(1 for q in self.server.answered(name) if q.rdtype == "A")
 
     def close(self) -> None:
         try:

@@ -55,11 +55,6 @@ class HealthVerdict(enum.Enum):
     DISABLED = "disabled"
     """The server does not implement health checking: treat the endpoint as healthy."""
 
-    @property
-    def usable(self) -> bool:
-        """Whether a balancer may send calls to the endpoint (HEALTHY or DISABLED)."""
-        return self in (HealthVerdict.HEALTHY, HealthVerdict.DISABLED)
-
 
 OnChange = Callable[[HealthVerdict, str], None]
 

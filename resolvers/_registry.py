@@ -4,7 +4,7 @@ entry-point group, loaded lazily on first lookup of an unknown scheme."""
 from __future__ import annotations
 
 from resolvers._base import ResolverBuilder
-from resolvers._plugins import PluginRegistry
+from resolvers.plugins import PluginRegistry
 
 ENTRY_POINT_GROUP = "meshkit.resolvers"
 

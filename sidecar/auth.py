@@ -26,13 +26,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
+from sidecar.files import file_signature
 from sidecar.proxy import Metadata, rejecting_handler
 
 __all__ = [
@@ -64,11 +64,6 @@ def _digest(token: bytes) -> bytes:
     return hashlib.sha256(token).digest()
 
 
-def _signature(path: str) -> tuple[int, int, int, int]:
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-
-
 class TokenAuth:
     """Accepts calls whose ``authorization`` metadata is ``Bearer <token>`` for a token in a file.
 
@@ -88,7 +83,7 @@ class TokenAuth:
         self._interval = check_interval
         self._clock = clock
         self._lock = threading.Lock()
-        self._signature = _signature(path)
+        self._signature = file_signature(path)
         with open(path, encoding="utf-8") as f:
             self._digests: tuple[bytes, ...] = self._digests_of(f.read())
         self._next_check = clock() + check_interval
@@ -106,7 +101,7 @@ class TokenAuth:
         """Re-read the file if its stat signature changed; True when the token set was replaced."""
         with self._lock:
             try:
-                signature = _signature(self._path)
+                signature = file_signature(self._path)
                 if signature == self._signature:
                     return False
                 with open(self._path, encoding="utf-8") as f:

@@ -38,8 +38,8 @@ from typing import Any, TextIO
 import grpc
 
 import balancers.aio
-from sidecar._demo_dns import DemoDnsServer
 from sidecar._demo_echo import WHO, EchoBackend, start_backend, start_same_port
+from sidecar.loopback_dns import DnsServer
 
 __all__ = ["QUICK", "STANDARD", "Settings", "main", "run"]
 
@@ -282,7 +282,7 @@ async def dns_scale_up(settings: Settings, report: Report) -> None:
     report.heading("2. DNS: a new backend behind the name (a pod scaled up)")
     backends = await start_same_port([(ip, ip) for ip in DNS_IPS])
     try:
-        async with DemoDnsServer() as dns:
+        async with DnsServer() as dns:
             port = backends[0].port
             target = f"dns://{dns.host}:{dns.port}/{DNS_NAME}:{port}"
             report.line(f"  backends  {', '.join(DNS_IPS)}, all on port {port}")
@@ -320,7 +320,7 @@ async def _scale_up(
     label: str,
     code: str,
     open_channel: Callable[[], Any],
-    dns: DemoDnsServer,
+    dns: DnsServer,
     window: float,
     settle: float,
     report: Report,

@@ -10,32 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import grpc
 
-__all__ = ["ConfigWatcher", "ServerGroup", "TaskSet", "file_signature"]
+from sidecar.files import signature_or_none
+
+__all__ = ["ConfigWatcher", "ServerGroup", "TaskSet"]
 
 _LOG = logging.getLogger(__name__)
-
-FileSignature = tuple[int, int, int, int]
-
-
-def file_signature(path: str) -> FileSignature | None:
-    """(device, inode, mtime, size) of ``path`` after following symlinks; ``None`` if absent.
-
-    Following the links is what makes a Kubernetes ConfigMap update visible: the kubelet swaps
-    the ``..data`` symlink to a new directory, so the file we open is a new inode although its
-    path (and often its size and mtime) did not change.
-    """
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-
 
 class ServerGroup:
     """Several ``grpc.aio`` servers stopped together (what :class:`health.aio.GracefulDrain`
@@ -50,7 +34,7 @@ class ServerGroup:
 
 
 class ConfigWatcher:
-    """Calls ``on_change()`` when the config file's :func:`file_signature` changes.
+    """Calls ``on_change()`` when the config file's :func:`sidecar.files.file_signature` changes.
 
     Polls every ``interval`` seconds: inotify does not see a symlink swapped in a parent
     directory, and one ``stat`` per second costs nothing. A file that disappears (mid-swap)
@@ -63,17 +47,17 @@ class ConfigWatcher:
         self._path = path
         self._on_change = on_change
         self._interval = interval
-        self._signature = file_signature(path)
+        self._signature = signature_or_none(path)
 
     def seen(self) -> None:
         """Take the file as it is now as known (after a reload read it)."""
-        self._signature = file_signature(self._path) or self._signature
+        self._signature = signature_or_none(self._path) or self._signature
 
     async def run(self) -> None:
         """Poll until cancelled."""
         while True:
             await asyncio.sleep(self._interval)
-            signature = file_signature(self._path)
+            signature = signature_or_none(self._path)
             if signature is None or signature == self._signature:
                 continue
             self._signature = signature

@@ -13,33 +13,24 @@ are written picks up the consistent pair. Read errors keep the previous configur
 Client side (upstream clusters): :class:`ClientTlsFiles` gives ``grpc.ssl_channel_credentials``
 (CA, optional client cert+key) plus channel options (``grpc.ssl_target_name_override`` for the
 expected server name). Channel credentials are immutable inside grpcio, so reload means building
-new channels: :meth:`ClientTlsFiles.watch` polls the files and calls ``on_change(credentials)``
-with fresh credentials; the owner of the channels (the cluster) uses them for channels/subchannels
-it creates from then on and may recycle old ones. Existing connections are not interrupted.
+new channels: the owner polls :meth:`ClientTlsFiles.reload_if_changed` (the sidecar does on its
+file-watch tick) and rebuilds the cluster's channels with the fresh credentials; calls in
+flight on the old channels finish there. Existing connections are not interrupted.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 
+from sidecar.files import file_signature
+
 __all__ = ["ClientTlsFiles", "ServerTlsFiles"]
 
 _LOG = logging.getLogger(__name__)
-
-_Signature = tuple[int, int, int, int]
-
-
-def _signature(path: str) -> _Signature:
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-
 
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
@@ -52,13 +43,13 @@ class _WatchedFiles:
     def __init__(self, paths: tuple[str, ...]) -> None:
         self._paths = paths
         self._lock = threading.Lock()
-        self.signatures = tuple(_signature(p) for p in paths)
+        self.signatures = tuple(file_signature(p) for p in paths)
         self.contents = tuple(_read(p) for p in paths)
 
     def poll(self) -> bool:
         """Re-read if any file changed on disk; True when the contents differ from before."""
         with self._lock:
-            signatures = tuple(_signature(p) for p in self._paths)
+            signatures = tuple(file_signature(p) for p in self._paths)
             if signatures == self.signatures:
                 return False
             contents = tuple(_read(p) for p in self._paths)
@@ -174,25 +165,3 @@ class ClientTlsFiles:
             return False
         self._credentials = self._build()
         return True
-
-    async def watch(
-        self,
-        on_change: Callable[[grpc.ChannelCredentials], object],
-        *,
-        interval: float = 5.0,
-    ) -> None:
-        """Poll every ``interval`` seconds; call ``on_change(credentials)`` after a change.
-
-        Runs until cancelled (own the task and cancel it on shutdown). Read errors are logged
-        and retried at the next poll.
-        """
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                changed = self.reload_if_changed()
-            except Exception as exc:
-                _LOG.warning("upstream TLS files unreadable, keeping credentials: %s", exc)
-                continue
-            if changed:
-                _LOG.info("upstream TLS credentials reloaded")
-                on_change(self._credentials)

@@ -33,11 +33,6 @@ def test_reasons_name_the_status() -> None:
     assert "SERVICE_UNKNOWN" in verdict_for_status(SERVICE_UNKNOWN)[1]
 
 
-def test_usable() -> None:
-    assert HealthVerdict.HEALTHY.usable and HealthVerdict.DISABLED.usable
-    assert not HealthVerdict.PENDING.usable and not HealthVerdict.UNHEALTHY.usable
-
-
 def test_transitions_only_on_change() -> None:
     s = state()
     assert s.verdict is HealthVerdict.PENDING

@@ -313,7 +313,7 @@ def test_weighted_round_robin_uses_address_weights() -> None:
 
 def test_builtin_plugins_load_through_their_entry_point_groups() -> None:
     """The installed distribution's entry points name every built-in plugin."""
-    from resolvers._plugins import PluginRegistry
+    from resolvers.plugins import PluginRegistry
 
     fresh_resolvers: PluginRegistry[Any] = PluginRegistry("meshkit.resolvers", "scheme", "r")
     assert {"static", "dns", "dns+srv"} <= set(fresh_resolvers.names())
@@ -323,7 +323,7 @@ def test_builtin_plugins_load_through_their_entry_point_groups() -> None:
 
 
 def test_registry_rejects_nameless_plugins_and_names_known_ones() -> None:
-    from resolvers._plugins import PluginRegistry
+    from resolvers.plugins import PluginRegistry
 
     registry: PluginRegistry[Any] = PluginRegistry("meshkit.none", "scheme", "resolver")
     with pytest.raises(ValueError, match="non-empty 'scheme'"):

@@ -1,7 +1,9 @@
 """A name -> plugin registry filled by ``register()`` and, lazily, an entry-point group.
 
-Resolvers (by scheme) and balancers (by policy name) share it: resolvers is the bottom layer,
-so the one copy lives here.
+Resolvers (by scheme) and balancers (by policy name) share it, and a third-party package can
+build its own on it. It is public API (``resolvers.plugins``), not a private module reached
+into from another package: resolvers is the bottom layer every other package may import, so the
+one copy lives here.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import threading
 from collections.abc import Callable
 from importlib import metadata
 from typing import Generic, TypeVar
+
+__all__ = ["PluginRegistry"]
 
 T = TypeVar("T")
 
