@@ -201,6 +201,37 @@ class ChannelCore:
         """Outlier-detection ejections so far (0 without outlier detection)."""
         return 0 if self._detector is None else int(self._detector.ejections_total)
 
+    def snapshot(self) -> dict[str, Any]:
+        """The channel's state as plain data: ``target``, ``lb_policy``, aggregate ``state``,
+        ``ejections_total`` and ``endpoints`` (each ``address``, ``state`` as the picker sees
+        it, ``reason``, ``health``, ``ejected``, ``picks``), sorted by address.
+
+        Safe from any thread while the loop works: the live subchannel set is copied in one
+        step and each field read is one attribute holding an immutable value, replaced whole
+        by the loop. A snapshot may mix values from just before and after a change; no value
+        is ever torn.
+        """
+        endpoints = []
+        for sc in self.subchannels:
+            state = sc.state  # one read: connectivity and reason from the same snapshot
+            endpoints.append(
+                {
+                    "address": str(sc.address),
+                    "state": state.connectivity.name,
+                    "reason": state.reason,
+                    "health": sc.health,
+                    "ejected": bool(sc.ejected),
+                    "picks": int(sc.picks),
+                }
+            )
+        return {
+            "target": self.target_text,
+            "lb_policy": self.settings.lb_policy,
+            "state": self.connectivity.name,
+            "ejections_total": self.ejections_total,
+            "endpoints": endpoints,
+        }
+
     # -- picking (any thread) ------------------------------------------------------------------
 
     @property

@@ -135,6 +135,12 @@ class Subchannel:
             self._callables[key] = found
         return found
 
+    @property
+    def tracks_results(self) -> bool:
+        """Whether call results feed outlier detection (then every call's end must be told to
+        :meth:`call_done`; otherwise only calls whose pick asked for a done hook)."""
+        return self._on_done is not None
+
     def call_done(self, code: grpc.StatusCode, done: Callable[[DoneInfo], None] | None) -> None:
         """Account a finished call: the policy's done hook, then outlier detection."""
         if done is not None:

@@ -550,6 +550,11 @@ class BalancedChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
         """The resolver/policy core (endpoints and their states, for admin and tests)."""
         return self._core
 
+    def snapshot(self) -> dict[str, Any]:
+        """Target, policy, state and endpoints as plain data, from any thread (see
+        :meth:`ChannelCore.snapshot <balancers._core.ChannelCore.snapshot>`)."""
+        return self._core.snapshot()
+
     def _pick(
         self, info: PickInfo, timeout: float | None, wait_for_ready: bool
     ) -> tuple[SyncSubchannel, Callable[[DoneInfo], None] | None, float | None]:

@@ -1,15 +1,12 @@
 """Cluster state of balanced channels as Prometheus metrics and as JSON.
 
 Read at scrape time (:class:`ClusterCollector`) and on request (:func:`clusters_snapshot`)
-from the balanced channels themselves, so the call path pays nothing for it. Both may run on
-another thread (an HTTP server's) while the event loop mutates the channels, which is safe
-because they only read: ``core.subchannels`` copies the live set in one step, and every field
-read (``state``, ``health``, ``ejected``, ``picks``, ``core.connectivity``) is a single
-attribute holding an immutable value or an int, replaced whole by the loop. A snapshot may mix
-values from just before and just after a change; it is never torn within one value.
+from the balanced channels' public ``snapshot()`` (safe from another thread, such as an HTTP
+server's, while the event loop works: see ``balancers.aio.BalancedChannel.snapshot``), so the
+call path pays nothing for it.
 
-The channels are duck-typed (anything with meshkit's ``.core``), so this module imports no
-other meshkit package.
+Anything with a ``snapshot()`` returning that document works, so this module imports no other
+meshkit package.
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ __all__ = ["ENDPOINT_STATES", "ClusterCollector", "Clusters", "clusters_snapshot
 _LOG = logging.getLogger(__name__)
 
 Clusters = Callable[[], Mapping[str, Any]]
-"""Returns the balanced channels by cluster name (objects with a ``.core``)."""
+"""Returns the balanced channels by cluster name (objects with a ``snapshot()``)."""
 
 #: States an endpoint can be in while it belongs to a cluster. Every one is reported, 0 when
 #: empty, so a dashboard's series do not appear and vanish as endpoints move between them.
@@ -46,48 +43,17 @@ ENDPOINT_STATES: tuple[grpc.ChannelConnectivity, ...] = (
 _CHANNEL_STATES = (*ENDPOINT_STATES, grpc.ChannelConnectivity.SHUTDOWN)
 
 
-def _core(channel: Any) -> Any:
-    # A BalancedChannel exposes its resolver/policy core; a bare core works as well.
-    return getattr(channel, "core", channel)
-
-
-def _state_name(state: Any) -> str:
-    return str(getattr(state, "name", state))
-
-
-def _endpoint(sc: Any) -> dict[str, Any]:
-    state = sc.state  # one read: connectivity and reason from the same snapshot
-    return {
-        "address": str(sc.address),
-        "state": _state_name(state.connectivity),
-        "reason": state.reason,
-        "health": sc.health,
-        "ejected": bool(sc.ejected),
-        "picks": int(sc.picks),
-    }
-
-
-def _cluster(channel: Any) -> dict[str, Any]:
-    core = _core(channel)
-    settings = getattr(core, "settings", None)
-    return {
-        "target": core.target_text,
-        "lb_policy": getattr(settings, "lb_policy", None),
-        "state": _state_name(core.connectivity),
-        "endpoints": [_endpoint(sc) for sc in core.subchannels],
-    }
-
-
 def clusters_snapshot(clusters: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``/clusters`` document: per cluster its target, ``lb_policy``, aggregate state and
-    endpoints (``address``, ``state``, ``reason``, ``health``, ``ejected``, ``picks``).
+    """The ``/clusters`` document: per cluster its target, ``lb_policy``, aggregate state,
+    ``ejections_total`` and endpoints (``address``, ``state``, ``reason``, ``health``,
+    ``ejected``, ``picks``): each channel's ``snapshot()``.
 
     A cluster that cannot be read is shown with an ``error`` rather than failing the page.
     """
     out: dict[str, Any] = {}
     for name, channel in sorted(clusters.items()):
         try:
-            out[name] = _cluster(channel)
+            out[name] = dict(channel.snapshot())
         except Exception as exc:
             _LOG.warning("reading cluster %s failed: %r", name, exc)
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -210,7 +176,7 @@ class ClusterCollector(Collector):
         target = str(document.get("target") or "")
         policy = str(document.get("lb_policy") or "")
         current = str(document.get("state"))
-        by_state = {_state_name(state): 0 for state in ENDPOINT_STATES}
+        by_state = {state.name: 0 for state in ENDPOINT_STATES}
         picks_by_address: dict[str, int] = {}
         n_ejected = 0
         for endpoint in document.get("endpoints", ()):

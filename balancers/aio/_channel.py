@@ -88,7 +88,7 @@ class _MultiCallable:
         )
         sc.picks += 1
         done = result.done
-        if done is not None or sc._on_done is not None:
+        if done is not None or sc.tracks_results:
             call.add_done_callback(lambda c: sc.call_done(aio_call_code(c), done))
         return call
 
@@ -230,6 +230,11 @@ class BalancedChannel(ChannelMethods, grpc.aio.Channel):  # type: ignore[misc]
     def core(self) -> ChannelCore:
         """The resolver/policy core (endpoints and their states, for admin and tests)."""
         return self._core
+
+    def snapshot(self) -> dict[str, Any]:
+        """Target, policy, state and endpoints as plain data, from any thread (see
+        :meth:`ChannelCore.snapshot <balancers._core.ChannelCore.snapshot>`)."""
+        return self._core.snapshot()
 
     # -- grpc.aio.Channel ----------------------------------------------------------------------
 

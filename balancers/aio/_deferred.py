@@ -121,7 +121,7 @@ class DeferredCall:
             compression=compression,
         )
         sc.picks += 1
-        if result.done is not None or sc._on_done is not None:
+        if result.done is not None or sc.tracks_results:
             done = result.done
             real.add_done_callback(lambda c: sc.call_done(aio_call_code(c), done))
         return real

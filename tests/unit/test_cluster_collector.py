@@ -1,4 +1,5 @@
-"""ClusterCollector and clusters_snapshot over fake channel cores (no sockets)."""
+"""ClusterCollector and clusters_snapshot over fake channel cores (no sockets): the real
+``ChannelCore.snapshot`` runs over the fakes' state."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from balancers import SubchannelState
+from balancers._core import ChannelCore
 from telemetry.clusters import ClusterCollector, clusters_snapshot
 
 READY = grpc.ChannelConnectivity.READY
@@ -36,16 +38,22 @@ class FakeCore:
     connectivity: grpc.ChannelConnectivity
     subchannels: list[FakeSubchannel] = field(default_factory=list)
     settings: FakeSettings = field(default_factory=FakeSettings)
+    ejections_total: int = 0
 
 
 @dataclass
 class FakeChannel:
     core: Any
 
+    def snapshot(self) -> dict[str, Any]:
+        return ChannelCore.snapshot(self.core)
+
 
 class BrokenCore:
     target_text = "static:///broken:1"
     connectivity = READY
+    settings = FakeSettings()
+    ejections_total = 0
 
     @property
     def subchannels(self) -> list[FakeSubchannel]:
@@ -186,6 +194,8 @@ def test_snapshot_shape() -> None:
     assert echo["target"] == "static:///10.0.0.1:80,10.0.0.2:80,10.0.0.3:80"
     assert echo["lb_policy"] == "round_robin"
     assert echo["state"] == "READY"
+    assert echo["ejections_total"] == 0
+    assert [e["address"] for e in echo["endpoints"]] == ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
     assert echo["endpoints"][2] == {
         "address": "10.0.0.3:80",
         "state": "TRANSIENT_FAILURE",
@@ -194,9 +204,3 @@ def test_snapshot_shape() -> None:
         "ejected": True,
         "picks": 2,
     }
-
-
-def test_snapshot_without_lb_policy() -> None:
-    core = FakeCore("static:///a:1", READY)
-    del core.settings
-    assert clusters_snapshot({"c": FakeChannel(core)})["c"]["lb_policy"] is None
