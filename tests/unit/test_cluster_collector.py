@@ -195,7 +195,11 @@ def test_snapshot_shape() -> None:
     assert echo["lb_policy"] == "round_robin"
     assert echo["state"] == "READY"
     assert echo["ejections_total"] == 0
-    assert [e["address"] for e in echo["endpoints"]] == ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
+    assert [e["address"] for e in echo["endpoints"]] == [
+        "10.0.0.1:80",
+        "10.0.0.2:80",
+        "10.0.0.3:80",
+    ]
     assert echo["endpoints"][2] == {
         "address": "10.0.0.3:80",
         "state": "TRANSIENT_FAILURE",
