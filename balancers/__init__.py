@@ -26,6 +26,7 @@ from balancers._base import (
     BalancerBuilder,
     BalancerController,
     BalancerOptions,
+    ConfigParser,
     DoneInfo,
     ErrorPicker,
     NoSubchannelAvailable,
@@ -36,6 +37,7 @@ from balancers._base import (
     QueuePicker,
     SubchannelState,
     aggregate,
+    parse_policy_config,
 )
 from balancers._factory import settings_from
 from balancers._registry import ENTRY_POINT_GROUP, get, policy_names, register
@@ -44,6 +46,7 @@ from balancers._sync import BalancedChannel, PickError
 from balancers.pick_first import PickFirstBuilder
 from balancers.round_robin import RoundRobinBuilder
 from balancers.weighted_round_robin import WeightedRoundRobinBuilder
+from health.outlier import OutlierConfig
 from resolvers import ResolverOptions
 
 register(RoundRobinBuilder())
@@ -57,6 +60,7 @@ __all__ = [
     "BalancerBuilder",
     "BalancerController",
     "BalancerOptions",
+    "ConfigParser",
     "DoneInfo",
     "ErrorPicker",
     "NoSubchannelAvailable",
@@ -72,6 +76,7 @@ __all__ = [
     "aio",
     "get",
     "insecure_channel",
+    "parse_policy_config",
     "policy_names",
     "register",
     "secure_channel",
@@ -87,7 +92,7 @@ def insecure_channel(
     lb_policy: str = "round_robin",
     lb_config: dict[str, Any] | None = None,
     health_check_service: str | None = None,
-    outlier_detection: Any = None,
+    outlier_detection: OutlierConfig | None = None,
     resolver_options: ResolverOptions | None = None,
     drain_timeout: float = 30.0,
     retry: RetryPolicy | None = None,
@@ -121,7 +126,7 @@ def secure_channel(
     lb_policy: str = "round_robin",
     lb_config: dict[str, Any] | None = None,
     health_check_service: str | None = None,
-    outlier_detection: Any = None,
+    outlier_detection: OutlierConfig | None = None,
     resolver_options: ResolverOptions | None = None,
     drain_timeout: float = 30.0,
     retry: RetryPolicy | None = None,

@@ -9,9 +9,9 @@ shared state beyond a counter.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import grpc
 
@@ -103,10 +103,12 @@ class ErrorPicker(Picker):
 
 @dataclass(frozen=True)
 class BalancerOptions:
-    """Per-channel knobs a policy may read; ``config`` is the policy's own section."""
+    """Per-channel knobs a policy may read: the channel's ``target``, and ``config``, the
+    policy's own config as its builder's ``parse_config`` returned it (``None`` for a policy
+    without config)."""
 
     target: str = ""
-    config: dict[str, Any] = field(default_factory=dict)
+    config: Any = None
 
 
 class BalancerController(Protocol):
@@ -161,6 +163,27 @@ class BalancerBuilder(Protocol):
     def build(self, controller: BalancerController, options: BalancerOptions) -> Balancer:
         """A new policy instance bound to ``controller``."""
         ...
+
+
+@runtime_checkable
+class ConfigParser(Protocol):
+    """A builder that takes config (grpc-go's ``balancer.ConfigParser``): it alone knows its
+    policy's settings, so it alone checks them."""
+
+    def parse_config(self, config: Mapping[str, Any]) -> Any:
+        """The policy's parsed config; ``ValueError`` naming the bad key otherwise."""
+        ...
+
+
+def parse_policy_config(builder: BalancerBuilder, config: Mapping[str, Any] | None) -> Any:
+    """``config`` parsed by ``builder`` (:class:`ConfigParser`); a builder without a parser
+    takes none, so a non-empty ``config`` is a ``ValueError`` naming the policy."""
+    if isinstance(builder, ConfigParser):
+        return builder.parse_config(dict(config or {}))
+    if config:
+        keys = ", ".join(sorted(map(str, config)))
+        raise ValueError(f"policy {builder.name} takes no config (got {keys})")
+    return None
 
 
 def aggregate(states: Sequence[Connectivity]) -> Connectivity:

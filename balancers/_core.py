@@ -34,9 +34,11 @@ from balancers._base import (
     PickResult,
     QueuePicker,
     SubchannelState,
+    parse_policy_config,
 )
 from balancers._retry import RetryPolicy
 from balancers._subchannel import StateListener, Subchannel
+from health.outlier import OutlierConfig, OutlierDetector
 from resolvers import Address, Resolver, ResolverOptions, ResolverState, Target
 
 log = logging.getLogger("meshkit.balancers")
@@ -83,8 +85,8 @@ class ChannelSettings:
     lb_config: dict[str, Any] = field(default_factory=dict)
     health_check_service: str | None = None
     """Service name checked with grpc.health.v1 Watch per endpoint; None is off (as in gRPC)."""
-    outlier_detection: Any = None
-    """A ``health.OutlierConfig`` to eject endpoints that keep failing; None is off."""
+    outlier_detection: OutlierConfig | None = None
+    """Eject endpoints that keep failing; None is off."""
     resolver_options: ResolverOptions = field(default_factory=ResolverOptions)
     drain_timeout: float = 30.0
     """How long a removed endpoint may finish its in-flight calls before they are cancelled."""
@@ -117,6 +119,9 @@ class ChannelCore:
         self.picker: Picker = QueuePicker()
         self.connectivity: Connectivity = IDLE
         self._builder = _registry.get(settings.lb_policy)
+        # The policy's own config, checked by the policy at once (a bad one fails here, where
+        # the channel is made, not at the first call).
+        self._policy_config = parse_policy_config(self._builder, settings.lb_config)
         self._balancer: Balancer | None = None
         self._resolver: Resolver | None = None
         self._closed = False
@@ -127,11 +132,9 @@ class ChannelCore:
         self._aio_event: asyncio.Event | None = None
         self._cond = threading.Condition()
         self._generation = 0
-        self._detector: Any = None
+        self._detector: OutlierDetector[Subchannel] | None = None
         self._eject_timer: asyncio.TimerHandle | None = None
         if settings.outlier_detection is not None:
-            from health.outlier import OutlierDetector
-
             self._detector = OutlierDetector(settings.outlier_detection)
 
     # -- lifecycle (on the loop) ---------------------------------------------------------------
@@ -141,7 +144,7 @@ class ChannelCore:
         self._loop = _running_loop()
         self._started = True
         self._balancer = self._builder.build(
-            _BalancerSide(self), BalancerOptions(self.target_text, dict(self.settings.lb_config))
+            _BalancerSide(self), BalancerOptions(self.target_text, self._policy_config)
         )
         self.connectivity = CONNECTING
         self._resolver = resolvers.get(self.target.scheme).build(
@@ -329,12 +332,15 @@ class ChannelCore:
 
     def _on_call_done(self, sc: Subchannel, code: grpc.StatusCode) -> None:
         # May run on a grpcio thread (sync channels): the detector locks; ejection hops to the loop.
+        # Only registered as the subchannels' done hook when there is a detector.
+        assert self._detector is not None
         if self._detector.record(sc, code):
             with contextlib.suppress(RuntimeError):  # loop closed: the channel is gone
                 self._loop.call_soon_threadsafe(self._apply_ejection, sc)
 
     def _apply_ejection(self, sc: Subchannel) -> None:
-        if sc in self._subchannels and self._detector.is_ejected(sc):
+        detector = self._detector
+        if detector is not None and sc in self._subchannels and detector.is_ejected(sc):
             log.warning("%s: ejecting %s after consecutive failures", self.target_text, sc.address)
             sc.set_ejected(True)
             self._schedule_unejection()
@@ -343,7 +349,7 @@ class ChannelCore:
         if self._eject_timer is not None:
             self._eject_timer.cancel()
             self._eject_timer = None
-        when = self._detector.next_expiry()
+        when = self._detector.next_expiry() if self._detector is not None else None
         if when is None or self._closed:
             return
         delay = max(0.0, when - time.monotonic())
@@ -351,7 +357,7 @@ class ChannelCore:
 
     def _uneject_due(self) -> None:
         self._eject_timer = None
-        for sc in self._detector.expired():
+        for sc in self._detector.expired() if self._detector is not None else ():
             if sc in self._subchannels:
                 log.info("%s: returning %s to rotation", self.target_text, sc.address)
                 sc.set_ejected(False)

@@ -6,6 +6,7 @@ from typing import Any
 
 from balancers._core import ChannelSettings
 from balancers._retry import RetryPolicy
+from health.outlier import OutlierConfig
 from resolvers import ResolverOptions
 
 
@@ -13,7 +14,7 @@ def settings_from(
     lb_policy: str,
     lb_config: dict[str, Any] | None,
     health_check_service: str | None,
-    outlier_detection: Any,
+    outlier_detection: OutlierConfig | None,
     resolver_options: ResolverOptions | None,
     drain_timeout: float,
     retry: RetryPolicy | None = None,
@@ -25,6 +26,8 @@ def settings_from(
         raise ValueError("health_check_service must be a service name (str) or None")
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise ValueError("retry must be a balancers.RetryPolicy or None")
+    if outlier_detection is not None and not isinstance(outlier_detection, OutlierConfig):
+        raise ValueError("outlier_detection must be a health.OutlierConfig or None")
     return ChannelSettings(
         lb_policy=lb_policy,
         lb_config=dict(lb_config or {}),

@@ -40,10 +40,15 @@ class SubchannelSetBalancer(Balancer):
         controller: BalancerController,
         options: BalancerOptions,
         picker_builder: PickerBuilder,
+        *,
+        order: Callable[[Sequence[Address]], Sequence[Address]] | None = None,
     ) -> None:
+        """``order``: rearranges each new address list before the subchannels take its order
+        (pick_first's shuffle); ``None`` keeps the resolver's order."""
         self._controller = controller
         self._options = options
         self._build_picker = picker_builder
+        self._order = order
         self._subchannels: dict[Address, Subchannel] = {}
         self._states: dict[Subchannel, SubchannelState] = {}
         # gRPC's "sticky TRANSIENT_FAILURE": a failed endpoint counts as failed while it retries
@@ -72,7 +77,8 @@ class SubchannelSetBalancer(Balancer):
                 self._failed.discard(sc)
                 self._controller.remove_subchannel(sc)
         ordered: dict[Address, Subchannel] = {}
-        for address in state.addresses:
+        addresses = state.addresses if self._order is None else self._order(state.addresses)
+        for address in addresses:
             existing = self._subchannels.get(address)
             if existing is None:
                 sc = self._controller.new_subchannel(address, self._on_state)

@@ -4,11 +4,18 @@ gRPC's pick_first holds one connection and walks the list on failure. Here every
 a warm subchannel, so failing over to the next address costs no connection set-up: the price
 is one idle connection per extra address, which for the short lists pick_first is used with
 (a primary and its standbys) is the better trade.
+
+Config (gRFC A62): ``{"shuffle_address_list": true}`` shuffles each new address list before
+taking its order, so clients given the same list spread over its addresses instead of all
+piling onto the first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from balancers._base import (
     Balancer,
@@ -34,10 +41,33 @@ class FirstReadyPicker(Picker):
         return self._result
 
 
+@dataclass(frozen=True)
+class PickFirstConfig:
+    """``pick_first``'s config."""
+
+    shuffle_address_list: bool = False
+
+
 class PickFirstBuilder:
     """Builds the ``pick_first`` policy."""
 
     name = "pick_first"
 
+    def parse_config(self, config: Mapping[str, Any]) -> PickFirstConfig:
+        """``shuffle_address_list`` (bool) is the one key."""
+        unknown = sorted(set(config) - {"shuffle_address_list"})
+        if unknown:
+            raise ValueError(f"unknown key {unknown[0]!r} (known: shuffle_address_list)")
+        shuffle = config.get("shuffle_address_list", False)
+        if not isinstance(shuffle, bool):
+            raise ValueError(f"shuffle_address_list: must be true or false (got {shuffle!r})")
+        return PickFirstConfig(shuffle)
+
     def build(self, controller: BalancerController, options: BalancerOptions) -> Balancer:
-        return SubchannelSetBalancer(controller, options, FirstReadyPicker)
+        config = options.config if isinstance(options.config, PickFirstConfig) else None
+        order = _shuffled if config is not None and config.shuffle_address_list else None
+        return SubchannelSetBalancer(controller, options, FirstReadyPicker, order=order)
+
+
+def _shuffled(addresses: Sequence[Any]) -> list[Any]:
+    return random.sample(list(addresses), len(addresses))

@@ -78,9 +78,9 @@ class PluginRegistry(Generic[T]):
                     continue
             try:
                 loaded = ep.load()
+                plugin = loaded() if isinstance(loaded, type) else loaded
             except Exception as error:  # a broken plugin must not break the rest
                 log.warning("%s plugin %r failed to load: %s", self.group, ep.name, error)
                 continue
-            plugin = loaded() if isinstance(loaded, type) else loaded
             with self._lock:
                 self._plugins.setdefault(key, plugin)

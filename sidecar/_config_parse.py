@@ -147,6 +147,10 @@ class Parser:
         return value
 
     def value(self, hint: Any, raw: object, path: str) -> Any:
+        if hint is Any:
+            # Free-form data another component checks (a policy's lb_config): kept as read,
+            # within the document's size, depth and value bounds already enforced.
+            return raw
         origin = get_origin(hint)
         if origin is tuple:
             if not isinstance(raw, list):

@@ -136,7 +136,6 @@ MAX_DURATION = Duration(86_400)
 MAX_COUNT = 2**31 - 1
 
 _STATUS_NAMES = frozenset(code.name for code in grpc.StatusCode) - {"OK"}
-_BUILTIN_POLICIES = frozenset({"round_robin", "pick_first"})
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _CLUSTER_NAME = re.compile(r"^[a-z0-9_.-]+$")
 #: Values of ``outbound.routes[].kind`` (the names of :class:`sidecar.proxy.RpcKind`).
@@ -632,10 +631,15 @@ class ResolverConfig(_Checked):
 
 @dataclass(frozen=True)
 class ClusterConfig(_Checked):
-    """A named upstream: resolver ``target``, load-balancing policy, health and resilience."""
+    """A named upstream: resolver ``target``, load-balancing policy, health and resilience.
+
+    ``lb_config``: the policy's own settings, checked by the policy itself (its builder's
+    ``parse_config``), e.g. ``pick_first``'s ``{shuffle_address_list: true}``.
+    """
 
     target: str
     lb_policy: str = "round_robin"
+    lb_config: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
     health_check: HealthCheckConfig | None = None
     outlier_detection: OutlierDetectionConfig | None = None
     retry: RetryPolicy | None = None
@@ -658,6 +662,11 @@ class ClusterConfig(_Checked):
                 "lb_policy",
                 f"unknown policy {show(self.lb_policy)} (known: {', '.join(sorted(policies))})",
             )
+        else:
+            try:
+                balancers.parse_policy_config(balancers.get(self.lb_policy), self.lb_config)
+            except ValueError as exc:
+                yield FieldError("lb_config", str(exc))
         yield from _positive("timeout", self.timeout)
         yield from _positive("connect_timeout", self.connect_timeout)
 
@@ -671,13 +680,9 @@ def _target_problems(target: str) -> Iterator[FieldError]:
 
 
 def _policy_names() -> frozenset[str]:
-    # The built-ins are always accepted: a registry still being filled (or a policy module
-    # failing to import) must not turn every config invalid.
-    try:
-        names = frozenset(balancers.policy_names())
-    except Exception:
-        names = frozenset()
-    return names | _BUILTIN_POLICIES
+    # The registry's names: the built-ins are registered when balancers is imported, plugins
+    # by their entry points, so no list here can go stale.
+    return frozenset(balancers.policy_names())
 
 
 class _Unset:

@@ -17,6 +17,7 @@ import grpc
 from balancers._factory import settings_from
 from balancers._retry import RetryPolicy
 from balancers.aio._channel import BalancedChannel
+from health.outlier import OutlierConfig
 from resolvers import ResolverOptions
 
 __all__ = ["BalancedChannel", "insecure_channel", "secure_channel"]
@@ -31,7 +32,7 @@ def insecure_channel(
     lb_policy: str = "round_robin",
     lb_config: dict[str, Any] | None = None,
     health_check_service: str | None = None,
-    outlier_detection: Any = None,
+    outlier_detection: OutlierConfig | None = None,
     resolver_options: ResolverOptions | None = None,
     drain_timeout: float = 30.0,
     retry: RetryPolicy | None = None,
@@ -69,7 +70,7 @@ def secure_channel(
     lb_policy: str = "round_robin",
     lb_config: dict[str, Any] | None = None,
     health_check_service: str | None = None,
-    outlier_detection: Any = None,
+    outlier_detection: OutlierConfig | None = None,
     resolver_options: ResolverOptions | None = None,
     drain_timeout: float = 30.0,
     retry: RetryPolicy | None = None,

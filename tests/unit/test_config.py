@@ -894,3 +894,22 @@ def test_warnings_for_risky_but_valid_settings() -> None:
     )
     paths = {w.path for w in parse(raw).warnings()}
     assert paths == {"clusters.backend.keepalive.time", "clusters.unused", "drain"}
+
+
+def test_lb_config_is_checked_by_the_policy_itself() -> None:
+    def cluster(**fields: Any) -> dict[str, Any]:
+        return merged(minimal(), {"clusters": {"backend": {"target": "127.0.0.1:1", **fields}}})
+
+    config = parse_config(
+        cluster(lb_policy="pick_first", lb_config={"shuffle_address_list": True}), {}
+    )
+    assert dict(config.clusters["backend"].lb_config) == {"shuffle_address_list": True}
+    assert config.to_dict()["clusters"]["backend"]["lb_config"] == {"shuffle_address_list": True}
+    assert errors_of(cluster(lb_policy="round_robin", lb_config={"x": 1})) == [
+        FieldError("clusters.backend.lb_config", "policy round_robin takes no config (got x)")
+    ]
+    assert [e.path for e in errors_of(cluster(lb_policy="pick_first", lb_config=[1]))] == [
+        "clusters.backend.lb_config"
+    ]
+    # weighted_round_robin is known without being listed anywhere in the config module
+    assert parse_config(cluster(lb_policy="weighted_round_robin"), {}).clusters["backend"]

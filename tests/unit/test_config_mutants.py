@@ -872,22 +872,6 @@ def test_sections_built_in_code_are_normalized() -> None:
         config.clusters["b"] = config.clusters["a"]  # type: ignore[index]
 
 
-def test_built_in_policies_stay_known_when_the_registry_fails(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import balancers
-
-    def broken() -> list[str]:
-        raise RuntimeError("a plugin failed to import")
-
-    monkeypatch.setattr(balancers, "policy_names", broken)
-    assert parse(cluster(lb_policy="pick_first")).clusters["backend"].lb_policy == "pick_first"
-    assert errors(cluster(lb_policy="weighted_round_robin")) == [
-        "clusters.backend.lb_policy: unknown policy 'weighted_round_robin'"
-        " (known: pick_first, round_robin)"
-    ]
-
-
 def test_an_unknown_policy_lists_the_registered_ones() -> None:
     import balancers
 

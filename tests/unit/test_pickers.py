@@ -509,3 +509,79 @@ def test_scaled_down_schedules_stay_proportional(weights: list[int]) -> None:
     for index, weight in enumerate(weights):
         assert counts[index] >= 1  # scaling never drops an endpoint
         assert counts[index] / len(schedule) == pytest.approx(weight / total, abs=0.002)
+
+
+def test_pick_first_parses_its_own_config() -> None:
+    builder = balancers.get("pick_first")
+    assert isinstance(builder, balancers.ConfigParser)
+    assert not balancers.parse_policy_config(builder, {}).shuffle_address_list
+    assert balancers.parse_policy_config(
+        builder, {"shuffle_address_list": True}
+    ).shuffle_address_list
+    with pytest.raises(ValueError, match="unknown key 'shuffle'"):
+        balancers.parse_policy_config(builder, {"shuffle": True})
+    with pytest.raises(ValueError, match="true or false"):
+        balancers.parse_policy_config(builder, {"shuffle_address_list": 1})
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "weighted_round_robin"])
+def test_policies_without_config_refuse_one(policy: str) -> None:
+    builder = balancers.get(policy)
+    assert balancers.parse_policy_config(builder, None) is None
+    assert balancers.parse_policy_config(builder, {}) is None
+    with pytest.raises(ValueError, match=f"policy {policy} takes no config"):
+        balancers.parse_policy_config(builder, {"x": 1})
+
+
+def test_pick_first_shuffles_each_new_address_list() -> None:
+    builder = balancers.get("pick_first")
+    orders = set()
+    for _ in range(40):
+        controller = FakeController()
+        config = balancers.parse_policy_config(builder, {"shuffle_address_list": True})
+        balancer = builder.build(controller, balancers.BalancerOptions("static:///x", config))
+        balancer.update_resolver_state(ResolverState(addrs(1, 2, 3)))
+        for sc in controller.subchannels.values():
+            sc.set(READY)
+        first = controller.picker.pick(INFO).subchannel.address.port
+        orders.add(first)
+    assert orders == {1, 2, 3}  # 40 shuffles of 3: each address first at least once
+    # unshuffled: always the resolver's first
+    controller, balancer = build("pick_first")
+    balancer.update_resolver_state(ResolverState(addrs(1, 2, 3)))
+    for sc in controller.subchannels.values():
+        sc.set(READY)
+    assert controller.picker.pick(INFO).subchannel.address.port == 1
+
+
+def test_a_channel_with_a_bad_policy_config_fails_where_it_is_made() -> None:
+    with pytest.raises(ValueError, match="takes no config"):
+        balancers.aio.insecure_channel("static:///127.0.0.1:1", lb_config={"x": 1})
+    with pytest.raises(ValueError, match=r"must be a health\.OutlierConfig"):
+        balancers.aio.insecure_channel("static:///127.0.0.1:1", outlier_detection={"x": 1})  # type: ignore[arg-type]
+
+
+def test_a_plugin_failing_to_load_or_build_leaves_the_others(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from importlib import metadata
+
+    from resolvers import plugins
+    from resolvers.plugins import PluginRegistry
+
+    class Good:
+        name = "good"
+
+    class Exploding:
+        name = "exploding"
+
+        def __init__(self) -> None:
+            raise RuntimeError("cannot build")
+
+    targets: dict[str, object] = {"good": Good, "exploding": Exploding}
+    monkeypatch.setattr(metadata.EntryPoint, "load", lambda self: targets[self.name])
+    points = [metadata.EntryPoint(name, f"x:{name}", "meshkit.test") for name in targets]
+    monkeypatch.setattr(plugins.metadata, "entry_points", lambda group: points)
+    registry: PluginRegistry[Any] = PluginRegistry("meshkit.test", "name", "test plugin")
+    assert registry.names() == ["good"]
+    assert "'exploding' failed to load: cannot build" in caplog.text
