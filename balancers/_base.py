@@ -11,14 +11,11 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import grpc
 
 from resolvers import Address, ResolverState
-
-if TYPE_CHECKING:
-    from balancers._subchannel import Subchannel
 
 Connectivity: TypeAlias = grpc.ChannelConnectivity
 IDLE = grpc.ChannelConnectivity.IDLE
@@ -35,6 +32,31 @@ class SubchannelState:
 
     connectivity: Connectivity
     reason: str = ""
+
+
+class Subchannel(Protocol):
+    """One endpoint, as a policy sees it (grpc-go's ``SubConn``). The channel makes them
+    (:meth:`BalancerController.new_subchannel`) and owns their connections; a policy only
+    connects them, follows their state, moves one to new address attributes, and hands them
+    to its pickers."""
+
+    @property
+    def address(self) -> Address:
+        """The endpoint's address, with its attributes (e.g. an SRV weight)."""
+        ...
+
+    @property
+    def state(self) -> SubchannelState:
+        """What the picker should see: connectivity combined with health and ejection."""
+        ...
+
+    def connect(self) -> None:
+        """Start connecting, and keep reconnecting until the subchannel is given back."""
+        ...
+
+    def update_address(self, address: Address) -> None:
+        """New attributes for the same endpoint (same host and port)."""
+        ...
 
 
 @dataclass(frozen=True)

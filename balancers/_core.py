@@ -33,11 +33,12 @@ from balancers._base import (
     PickInfo,
     PickResult,
     QueuePicker,
+    Subchannel,
     SubchannelState,
     parse_policy_config,
 )
 from balancers._retry import RetryPolicy
-from balancers._subchannel import StateListener, Subchannel
+from balancers._subchannel import EndpointSubchannel, StateListener
 from health.outlier import OutlierConfig, OutlierDetector
 from resolvers import Address, Resolver, ResolverOptions, ResolverState, Target
 
@@ -46,8 +47,8 @@ log = logging.getLogger("meshkit.balancers")
 SERVER_MIN_PING_INTERVAL_MS = 300_000
 """A default gRPC server's minimum interval between client pings (5 min)."""
 
-SubchannelFactory = Callable[..., Subchannel]
-"""``factory(address, listener, loop=..., health_service=..., on_done=...) -> Subchannel``."""
+SubchannelFactory = Callable[..., EndpointSubchannel]
+"""``factory(address, listener, loop=..., health_service=..., on_done=...)``."""
 
 CLOSED_DETAILS = "Channel closed!"
 """grpcio's details for calls ended by closing their channel."""
@@ -127,12 +128,12 @@ class ChannelCore:
         self._closed = False
         self._close_grace: float | None = None
         self._closing_tasks: set[asyncio.Task[None]] = set()
-        self._subchannels: set[Subchannel] = set()
+        self._subchannels: set[EndpointSubchannel] = set()
         self._watchers: list[Callable[[], None]] = []
         self._aio_event: asyncio.Event | None = None
         self._cond = threading.Condition()
         self._generation = 0
-        self._detector: OutlierDetector[Subchannel] | None = None
+        self._detector: OutlierDetector[EndpointSubchannel] | None = None
         self._eject_timer: asyncio.TimerHandle | None = None
         if settings.outlier_detection is not None:
             self._detector = OutlierDetector(settings.outlier_detection)
@@ -195,7 +196,7 @@ class ChannelCore:
         return self._closed
 
     @property
-    def subchannels(self) -> list[Subchannel]:
+    def subchannels(self) -> list[EndpointSubchannel]:
         """Live subchannels (for admin endpoints and tests)."""
         return sorted(self._subchannels, key=lambda sc: str(sc.address))
 
@@ -284,7 +285,7 @@ class ChannelCore:
 
     # -- balancer side -------------------------------------------------------------------------
 
-    def _new_subchannel(self, address: Address, listener: StateListener) -> Subchannel:
+    def _new_subchannel(self, address: Address, listener: StateListener) -> EndpointSubchannel:
         sc = self._factory(
             address,
             listener,
@@ -297,12 +298,12 @@ class ChannelCore:
             self._detector.add(sc)
         return sc
 
-    def _remove_subchannel(self, sc: Subchannel) -> None:
+    def _remove_subchannel(self, sc: EndpointSubchannel) -> None:
         # A removed endpoint drains; a closing channel gives its calls the close's grace.
         grace = self._close_grace if self._closed else self.settings.drain_timeout
         self._close_subchannel(sc, grace)
 
-    def _close_subchannel(self, sc: Subchannel, grace: float | None) -> None:
+    def _close_subchannel(self, sc: EndpointSubchannel, grace: float | None) -> None:
         if sc not in self._subchannels:
             return
         self._subchannels.discard(sc)
@@ -330,7 +331,7 @@ class ChannelCore:
 
     # -- outlier detection ---------------------------------------------------------------------
 
-    def _on_call_done(self, sc: Subchannel, code: grpc.StatusCode) -> None:
+    def _on_call_done(self, sc: EndpointSubchannel, code: grpc.StatusCode) -> None:
         # May run on a grpcio thread (sync channels): the detector locks; ejection hops to the loop.
         # Only registered as the subchannels' done hook when there is a detector.
         assert self._detector is not None
@@ -338,7 +339,7 @@ class ChannelCore:
             with contextlib.suppress(RuntimeError):  # loop closed: the channel is gone
                 self._loop.call_soon_threadsafe(self._apply_ejection, sc)
 
-    def _apply_ejection(self, sc: Subchannel) -> None:
+    def _apply_ejection(self, sc: EndpointSubchannel) -> None:
         detector = self._detector
         if detector is not None and sc in self._subchannels and detector.is_ejected(sc):
             log.warning("%s: ejecting %s after consecutive failures", self.target_text, sc.address)
@@ -400,6 +401,8 @@ class _BalancerSide:
         return self._core._new_subchannel(address, listener)
 
     def remove_subchannel(self, subchannel: Subchannel) -> None:
+        if not isinstance(subchannel, EndpointSubchannel):
+            raise TypeError(f"not a subchannel of this channel: {subchannel!r}")
         self._core._remove_subchannel(subchannel)
 
     def update_state(self, connectivity: Connectivity, picker: Picker) -> None:

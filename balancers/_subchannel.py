@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -27,14 +27,15 @@ from balancers._base import (
     TRANSIENT_FAILURE,
     Connectivity,
     DoneInfo,
+    Subchannel,
     SubchannelState,
 )
 from resolvers import Address
 
 log = logging.getLogger("meshkit.balancers")
 
-StateListener = Callable[["Subchannel", SubchannelState], None]
-DoneHook = Callable[["Subchannel", grpc.StatusCode], None]
+StateListener = Callable[["EndpointSubchannel", SubchannelState], None]
+DoneHook = Callable[["EndpointSubchannel", grpc.StatusCode], None]
 
 # Multicallable kinds, used as cache keys.
 UNARY_UNARY = 0
@@ -60,7 +61,13 @@ def _health_pending() -> Any:
     return HealthVerdict.PENDING
 
 
-class Subchannel:
+def endpoint(subchannel: Subchannel) -> EndpointSubchannel:
+    """A picked subchannel as the channel made it. Pickers only hand out what the channel's
+    controller gave their policy, so this is a cast, not a check: the call path pays nothing."""
+    return cast(EndpointSubchannel, subchannel)
+
+
+class EndpointSubchannel:
     """One endpoint. Created by the channel core for a policy; never by a policy itself."""
 
     def __init__(
@@ -113,6 +120,10 @@ class Subchannel:
     def connect(self) -> None:
         """Start connecting (and keep reconnecting) until closed."""
         raise NotImplementedError
+
+    def update_address(self, address: Address) -> None:
+        """New attributes for the same endpoint (the connection stays)."""
+        self.address = address
 
     def set_ejected(self, ejected: bool) -> None:
         """Outlier detection verdict; must be called on the event loop."""
@@ -217,10 +228,10 @@ class Subchannel:
         return True
 
     def __repr__(self) -> str:
-        return f"<Subchannel {self.address} {self._state.connectivity.name}>"
+        return f"<EndpointSubchannel {self.address} {self._state.connectivity.name}>"
 
 
-class AioSubchannel(Subchannel):
+class AioSubchannel(EndpointSubchannel):
     """A subchannel over ``grpc.aio``: one watcher task per endpoint."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -267,7 +278,7 @@ class AioSubchannel(Subchannel):
         await self.channel.close(grace)
 
 
-class SyncSubchannel(Subchannel):
+class SyncSubchannel(EndpointSubchannel):
     """A subchannel over the sync ``grpc.Channel``; grpcio's callbacks hop onto the loop."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -22,10 +22,10 @@ from balancers._base import (
     ErrorPicker,
     Picker,
     QueuePicker,
+    Subchannel,
     SubchannelState,
     aggregate,
 )
-from balancers._subchannel import Subchannel
 from resolvers import Address, ResolverState
 
 PickerBuilder = Callable[[Sequence[Subchannel]], Picker]
@@ -86,7 +86,7 @@ class SubchannelSetBalancer(Balancer):
                 sc.connect()
             else:
                 sc = existing
-                sc.address = address  # new attributes (e.g. SRV weight), same endpoint
+                sc.update_address(address)  # new attributes (e.g. SRV weight), same endpoint
             ordered[address] = sc
         self._subchannels = ordered
         self._regenerate()

@@ -28,8 +28,8 @@ from balancers._core import (
 )
 from balancers._retry import RetryPolicy, deadline_details
 from balancers._subchannel import (
+    EndpointSubchannel,
     StateListener,
-    Subchannel,
     SyncSubchannel,
     grpc_target,
 )
@@ -516,7 +516,7 @@ class BalancedChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
         loop: asyncio.AbstractEventLoop,
         health_service: str | None,
         on_done: Any,
-    ) -> Subchannel:
+    ) -> EndpointSubchannel:
         target = grpc_target(address)
         if self._credentials is None:
             channel = grpc.insecure_channel(target, self._options, self._compression)

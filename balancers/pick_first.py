@@ -24,8 +24,8 @@ from balancers._base import (
     Picker,
     PickInfo,
     PickResult,
+    Subchannel,
 )
-from balancers._subchannel import Subchannel
 from balancers._subchannel_set import SubchannelSetBalancer
 
 

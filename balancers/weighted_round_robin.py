@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from balancers._base import Balancer, BalancerController, BalancerOptions, Picker
-from balancers._subchannel import Subchannel
+from balancers._base import Balancer, BalancerController, BalancerOptions, Picker, Subchannel
 from balancers._subchannel_set import SubchannelSetBalancer
 from balancers.round_robin import RoundRobinPicker
 

@@ -14,8 +14,9 @@ from balancers._channel_api import ChannelMethods
 from balancers._core import ChannelClosed, ChannelCore, ChannelSettings, channel_options
 from balancers._subchannel import (
     AioSubchannel,
+    EndpointSubchannel,
     StateListener,
-    Subchannel,
+    endpoint,
     grpc_target,
 )
 from balancers.aio._deferred import DEFERRED_BY_KIND
@@ -76,7 +77,7 @@ class _MultiCallable:
                 wait_for_ready,
                 compression,
             )
-        sc = result.subchannel
+        sc = endpoint(result.subchannel)
         ser, deser, registered = self._serializers
         call = sc.multicallable(self._kind, self._method, ser, deser, registered)(
             request,
@@ -202,7 +203,7 @@ class BalancedChannel(ChannelMethods, grpc.aio.Channel):  # type: ignore[misc]
         loop: asyncio.AbstractEventLoop,
         health_service: str | None,
         on_done: Any,
-    ) -> Subchannel:
+    ) -> EndpointSubchannel:
         target = grpc_target(address)
         if self._credentials is None:
             channel = grpc.aio.insecure_channel(

@@ -17,6 +17,7 @@ from grpc.aio import AioRpcError, Metadata
 from balancers._base import PickFailed, PickInfo
 from balancers._calls import aio_call_code
 from balancers._core import CLOSED_DETAILS, ChannelClosed, ChannelCore
+from balancers._subchannel import endpoint
 
 
 class DeferredCall:
@@ -109,7 +110,7 @@ class DeferredCall:
             if self._error is None:
                 self._fail(grpc.StatusCode.CANCELLED, "cancelled before an endpoint was picked")
             raise
-        sc = result.subchannel
+        sc = endpoint(result.subchannel)
         ser, deser, registered = serializers
         remaining = self._remaining()
         real = sc.multicallable(kind, method, ser, deser, registered)(

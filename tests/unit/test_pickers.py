@@ -46,6 +46,9 @@ class FakeSubchannel:
     def connect(self) -> None:
         self.connected = True
 
+    def update_address(self, address: Address) -> None:
+        self.address = address
+
     def set(self, connectivity: grpc.ChannelConnectivity) -> None:
         self.state = SubchannelState(connectivity, f"{self.address} {connectivity.name}")
         self.listener(self, self.state)
