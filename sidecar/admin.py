@@ -5,8 +5,8 @@ data plane cannot starve a kubelet probe or a scrape, and a slow scrape cannot s
 plane. The callables given to :class:`AdminServer` run there (the probes on the admin loop, the
 pages on a few page threads), concurrently with the sidecar's loop, so they must only *read*:
 an atomic reference to an immutable snapshot (a frozen config, a tuple, a bool flag), or state
-whose single-attribute reads are atomic (see :mod:`sidecar.observability`). They must not
-await, lock the loop, or mutate anything.
+whose single-attribute reads are atomic (see ``balancers.aio.BalancedChannel.snapshot``).
+They must not await, lock the loop, or mutate anything.
 
 Hostile clients. The standard library's ``BaseHTTPRequestHandler`` still parses every request
 and answers malformed ones (400, 505, 414, 431), but it never touches a socket: the admin loop
