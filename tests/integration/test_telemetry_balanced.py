@@ -48,7 +48,7 @@ async def two() -> AsyncIterator[list[EchoServer]]:
 
 async def test_aio_balanced_channel_records_every_call(two: list[EchoServer]) -> None:
     registry = CollectorRegistry()
-    interceptors = telemetry.aio_client_interceptors(
+    interceptors = telemetry.aio.client_interceptors(
         metrics=telemetry.GrpcMetrics(registry=registry, side="client")
     )
     async with balancers.aio.insecure_channel(static(two), interceptors=interceptors) as channel:

@@ -21,8 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from telemetry import (
     GrpcMetrics,
-    aio_client_interceptors,
-    aio_server_interceptor,
+    aio,
     health_check,
     inject_context,
     negate,
@@ -69,7 +68,7 @@ def make_side(side: str) -> Side:
 
 
 class _LateAddressServer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """``aio_server_interceptor`` built on the first call, once the bound port is known."""
+    """``aio.server_interceptor`` built on the first call, once the bound port is known."""
 
     def __init__(self, side: Side, address: list[str]) -> None:
         self._side = side
@@ -78,7 +77,7 @@ class _LateAddressServer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         if self._inner is None:
-            self._inner = aio_server_interceptor(
+            self._inner = aio.server_interceptor(
                 self._side.metrics, self._side.provider, server_address=self._address[0]
             )
         return await self._inner.intercept_service(continuation, details)
@@ -116,7 +115,7 @@ async def pair() -> AsyncIterator[Pair]:
     await grpc_server.start()
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{port}",
-        interceptors=aio_client_interceptors(
+        interceptors=aio.client_interceptors(
             client.metrics, client.provider, server_address=f"dns:///127.0.0.1:{port}"
         ),
     )
@@ -262,12 +261,12 @@ async def test_unhandled_exception_is_an_unknown_server_fault() -> None:
             raise RuntimeError("boom")
 
     grpc_server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(server.metrics, server.provider)]
+        interceptors=[aio.server_interceptor(server.metrics, server.provider)]
     )
     echo_pb2_grpc.add_EchoServicer_to_server(Broken("b"), grpc_server)
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     await grpc_server.start()
-    interceptors = aio_client_interceptors(client.metrics, client.provider)
+    interceptors = aio.client_interceptors(client.metrics, client.provider)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors) as ch:
             with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -304,7 +303,7 @@ async def test_address_attributes(pair: Pair) -> None:
 
 async def test_ipv6_peer_attributes() -> None:
     server = make_side("server")
-    grpc_server = grpc.aio.server(interceptors=[aio_server_interceptor(None, server.provider)])
+    grpc_server = grpc.aio.server(interceptors=[aio.server_interceptor(None, server.provider)])
     echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer("6"), grpc_server)
     port = grpc_server.add_insecure_port("[::1]:0")
     if port == 0:
@@ -389,13 +388,13 @@ async def test_filtered_calls_are_not_instrumented() -> None:
     client, server = make_side("client"), make_side("server")
     no_health = negate(health_check())
     grpc_server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(server.metrics, server.provider, no_health)]
+        interceptors=[aio.server_interceptor(server.metrics, server.provider, no_health)]
     )
     echo_pb2_grpc.add_EchoServicer_to_server(EchoServicer("a"), grpc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), grpc_server)
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     await grpc_server.start()
-    interceptors = aio_client_interceptors(client.metrics, client.provider, no_health)
+    interceptors = aio.client_interceptors(client.metrics, client.provider, no_health)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors) as ch:
             reply = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
@@ -444,7 +443,7 @@ async def test_sync_server_interceptor() -> None:
     )
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     grpc_server.start()
-    interceptors = aio_client_interceptors(client.metrics, client.provider)
+    interceptors = aio.client_interceptors(client.metrics, client.provider)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=interceptors) as ch:
             stub = EchoStub(ch)

@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from telemetry import (
     Filter,
-    aio_server_interceptor,
+    aio,
     client_interceptors,
     health_check,
     negate,
@@ -48,7 +48,7 @@ class SyncPair:
 @pytest.fixture
 def pair() -> Iterator[SyncPair]:
     client, server = make_side("client"), make_side("server")
-    interceptor = aio_server_interceptor(server.metrics, server.provider, NO_HEALTH)
+    interceptor = aio.server_interceptor(server.metrics, server.provider, NO_HEALTH)
     with echo_servers_in_thread("a", health=True, interceptors=[interceptor]) as (echo,):
         channel = grpc.intercept_channel(
             grpc.insecure_channel(echo.address),

