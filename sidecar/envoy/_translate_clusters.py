@@ -7,21 +7,25 @@ Mapping of :class:`~sidecar.config.ClusterConfig` (see ``translate`` for the who
   interleaved as the Python policy is). Envoy 1.40 has no ``pick_first`` policy (it
   rejects the ``PickFirst`` type), and plugin policies are meshkit's own: :func:`problems`
   names them; translated anyway, they are round robin.
-- ``health_check`` -> active ``grpc.health.v1/Check`` every 5 s (1 s timeout, also while the
-  cluster has no traffic): the Python plane watches health continuously, so a cluster
-  Envoy has not called for a while must not keep stale verdicts for its 60 s default. A
-  NOT_SERVING answer marks a host unhealthy at once (Envoy counts only network failures
-  against ``unhealthy_threshold``: 2, so one lost probe is not an outage); one SERVING
-  answer makes it healthy again. New hosts wait for their first check, like the Python
-  plane's "health pending". ``ignore_health_on_host_removal``: a host gone from EDS is
-  removed at once even if its last check passed.
+- ``health_check`` -> each endpoint's EDS ``health_status``, from the control plane's own
+  ``grpc.health.v1/Watch`` of it (``sidecar.envoy.endpoint_health``, the watcher the Python
+  plane's balanced channel uses): ``HEALTHY`` while it says SERVING (or has no health service),
+  ``UNHEALTHY`` once it says anything else or its stream breaks; no status (``UNKNOWN``,
+  routable) before its first answer. The cluster has no Envoy active health check: a Watch
+  stream hears NOT_SERVING at once, where a ``Check`` every few seconds misses a draining
+  backend's NOT_SERVING period and keeps sending it calls until it stops (measured: 15-20
+  failed calls per rolling restart of three backends, 0 with the watch); one source of
+  verdicts also keeps both planes' rules alike (UNIMPLEMENTED: checking off, not a failure)
+  and a backend back from a restart routable on its first SERVING, not at the next poll.
 - Envoy's panic mode (routing to every host when under 50 % are healthy) is off: the Python
   plane never sends calls to an unhealthy or ejected endpoint either.
 - ``outlier_detection``: see :func:`_outlier`. ``retry``: a route ``retry_policy`` on every
   route to the cluster plus a retry budget (20 % of active requests, at least 3 concurrent
   retries) in the circuit breakers, so retries cannot multiply load in an outage. Every route
   also retries, policy or not, the calls that never reached the upstream (gRPC's transparent
-  retries; see :data:`TRANSPARENT_RETRY_ON`).
+  retries; see :data:`TRANSPARENT_RETRY_ON`), with no bound on concurrent retries for a
+  cluster without a policy (see ``unlimited_circuit_breakers``). A retry avoids the hosts
+  already tried (``previous_hosts``), as the Python plane's re-pick moves on.
 - ``timeout`` (default deadline): on the routes, see ``_translate_listeners``.
 - ``keepalive``: HTTP/2 PINGs every ``time``, connection dropped after ``timeout`` without an
   answer. Envoy pings idle connections too (``permit_without_calls: false`` has no Envoy
@@ -87,10 +91,6 @@ _5XX_CODES = _GATEWAY_CODES | {"UNKNOWN", "INTERNAL", "DATA_LOSS", "UNIMPLEMENTE
 
 _ENVOY_POLICIES = frozenset({"round_robin", "weighted_round_robin"})
 
-HEALTH_INTERVAL = 5.0
-HEALTH_TIMEOUT = 1.0
-HEALTH_UNHEALTHY_THRESHOLD = 2
-
 
 #: What :func:`cluster_name` puts before a config cluster's name.
 OUTBOUND_PREFIX = "outbound|"
@@ -119,7 +119,7 @@ def authority(config: ClusterConfig) -> str | None:
     return default_authority(config.parsed_target)
 
 
-def _server_host(config: ClusterConfig) -> str | None:
+def server_host(config: ClusterConfig) -> str | None:
     """The host name a server certificate must carry (``None``: none can be named)."""
     if config.tls is not None and config.tls.server_name is not None:
         return config.tls.server_name
@@ -153,18 +153,6 @@ def outbound_cluster(name: str, config: ClusterConfig) -> Json:
             else {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 3}
         ),
     }
-    if config.health_check is not None:
-        cluster["health_checks"] = [
-            {
-                "timeout": duration(HEALTH_TIMEOUT),
-                "interval": duration(HEALTH_INTERVAL),
-                "no_traffic_interval": duration(HEALTH_INTERVAL),
-                "unhealthy_threshold": HEALTH_UNHEALTHY_THRESHOLD,
-                "healthy_threshold": 1,
-                "grpc_health_check": {"service_name": config.health_check.service},
-            }
-        ]
-        cluster["ignore_health_on_host_removal"] = True
     if config.outlier_detection is not None:
         cluster["outlier_detection"] = _outlier(config.outlier_detection)
     if config.tls is not None:
@@ -200,7 +188,7 @@ def _outlier(od: OutlierDetectionConfig) -> Json:
 
 
 def _upstream_tls(name: str, config: ClusterConfig, tls: ClusterTlsConfig) -> Json:
-    host = _server_host(config)
+    host = server_host(config)
     default_context: Json = {}
     if host is not None:
         san_type = "IP_ADDRESS" if is_ip(host) else "DNS"
@@ -251,11 +239,18 @@ def _address(endpoint: Endpoint) -> Json | None:
     return socket_address(endpoint.host, endpoint.port)
 
 
-def load_assignment(name: str, config: ClusterConfig, endpoints: Sequence[Endpoint]) -> Json:
+def load_assignment(
+    name: str,
+    config: ClusterConfig,
+    endpoints: Sequence[Endpoint],
+    health: Mapping[tuple[str, int], str] | None = None,
+) -> Json:
     """The ``ClusterLoadAssignment`` of cluster ``name`` (possibly without endpoints).
 
     Duplicates and host names (EDS takes IP addresses only) are dropped, the rest sorted.
-    Weights are sent for ``weighted_round_robin`` only (at least 1).
+    Weights are sent for ``weighted_round_robin`` only (at least 1). With ``health_check``,
+    each endpoint's ``health_status`` is its entry in ``health`` (``(host, port)`` -> an
+    ``envoy.config.core.v3.HealthStatus`` name), none when it has no entry.
     """
     seen: dict[tuple[str, int], Endpoint] = {}
     for endpoint in endpoints:
@@ -270,6 +265,9 @@ def load_assignment(name: str, config: ClusterConfig, endpoints: Sequence[Endpoi
         entry: Json = {"endpoint": {"address": address}}
         if weighted:
             entry["load_balancing_weight"] = max(1, endpoint.weight)
+        status = health.get((endpoint.host, endpoint.port)) if health is not None else None
+        if status is not None and config.health_check is not None:
+            entry["health_status"] = status
         lb_endpoints.append(entry)
     return {
         "@type": CLUSTER_LOAD_ASSIGNMENT,
@@ -287,6 +285,25 @@ def load_assignment(name: str, config: ClusterConfig, endpoints: Sequence[Endpoi
 TRANSPARENT_RETRY_ON = ("connect-failure", "refused-stream", "reset-before-request")
 #: Retries of :data:`TRANSPARENT_RETRY_ON` failures for a cluster without a retry policy.
 TRANSPARENT_RETRIES = 2
+#: How many times a retry's pick may be redrawn to avoid a host already tried.
+HOST_SELECTION_ATTEMPTS = 5
+
+
+def _avoid_previous_hosts() -> Json:
+    """A retry goes to a host the call has not tried yet, when there is one: the host that
+    just refused or reset it is most likely stopping (a pick is redrawn up to
+    :data:`HOST_SELECTION_ATTEMPTS` times, then kept)."""
+    return {
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": typed(
+                    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                ),
+            }
+        ],
+        "host_selection_retry_max_attempts": HOST_SELECTION_ATTEMPTS,
+    }
 
 
 def retry_policy(retry: RetryPolicy | None) -> Json:
@@ -295,11 +312,15 @@ def retry_policy(retry: RetryPolicy | None) -> Json:
     also without a policy: :data:`TRANSPARENT_RETRIES`, Envoy's default back-off).
 
     Envoy retries only before any response reached the caller, as the Python plane does; a
-    retry is a new pick (round robin moves on to the next endpoint).
+    retry is a new pick, of a host the call has not tried when there is one.
     """
     conditions: set[str] = set(TRANSPARENT_RETRY_ON)
     if retry is None:
-        return {"retry_on": ",".join(sorted(conditions)), "num_retries": TRANSPARENT_RETRIES}
+        return {
+            "retry_on": ",".join(sorted(conditions)),
+            "num_retries": TRANSPARENT_RETRIES,
+            **_avoid_previous_hosts(),
+        }
     for code in retry.retryable_status_codes:
         conditions.update(RETRY_ON.get(code, ()))
     return {
@@ -309,6 +330,7 @@ def retry_policy(retry: RetryPolicy | None) -> Json:
             "base_interval": duration(retry.initial_backoff),
             "max_interval": duration(retry.max_backoff),
         },
+        **_avoid_previous_hosts(),
     }
 
 
@@ -366,7 +388,7 @@ def problems(name: str, config: ClusterConfig) -> Iterator[FieldError]:
             "Envoy ejects on {} only",
         )
     yield from keepalive_problems(f"{path}.keepalive", config.keepalive)
-    if config.tls is not None and _server_host(config) is None:
+    if config.tls is not None and server_host(config) is None:
         yield FieldError(
             f"{path}.tls.server_name",
             "required for Envoy with a target of several addresses: Envoy checks one name"

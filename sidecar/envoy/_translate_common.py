@@ -50,7 +50,12 @@ class PlaneInputs:
       listener's health calls (``None``: they go to the app like any call);
     - ``files``: contents of the TLS files by the paths the config names;
     - ``tokens``: the inbound tokens (they only ever appear in the inbound route
-      configuration's header patterns).
+      configuration's header patterns);
+    - ``endpoint_health``: per cluster name, the EDS ``health_status`` of each endpoint
+      ``(host, port)`` as the control plane's health watch sees it (see
+      ``sidecar.envoy.endpoint_health``); only clusters with ``health_check`` use it, and an
+      endpoint missing there is sent without a status (Envoy reads that as ``UNKNOWN``:
+      routable).
     """
 
     endpoints: Mapping[str, Sequence[Endpoint]] = field(
@@ -61,6 +66,9 @@ class PlaneInputs:
         default_factory=lambda: types.MappingProxyType({}), repr=False
     )
     tokens: Sequence[str] = field(default=(), repr=False)
+    endpoint_health: Mapping[str, Mapping[tuple[str, int], str]] = field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,14 @@ def http2_upstream(keepalive: tuple[float, float] | None) -> Json:
 
 
 def unlimited_circuit_breakers(retry_budget: Json | None = None) -> Json:
-    """Circuit breakers with no connection/request limits, and ``retry_budget`` if given."""
+    """Circuit breakers with no connection/request limits; retries bounded by
+    ``retry_budget`` if given, else unbounded too.
+
+    Envoy's default ``max_retries`` (3 concurrent retries per cluster) would fail, under load,
+    the transparent retries every route makes of calls that never reached the upstream (the
+    Python plane re-picks those without a limit); a cluster with a retry policy bounds its
+    retries with the budget instead (Envoy ignores ``max_retries`` when a budget is set).
+    """
     threshold: Json = {
         "priority": "DEFAULT",
         "max_connections": UNLIMITED,
@@ -137,6 +152,8 @@ def unlimited_circuit_breakers(retry_budget: Json | None = None) -> Json:
     }
     if retry_budget is not None:
         threshold["retry_budget"] = retry_budget
+    else:
+        threshold["max_retries"] = UNLIMITED
     return {"thresholds": [threshold]}
 
 

@@ -475,21 +475,33 @@ def _stat_values(host: Mapping[str, Any]) -> dict[str, int]:
     return values
 
 
-def _endpoint(host: Mapping[str, Any], health_checked: bool) -> dict[str, Any]:
+def _endpoint(
+    host: Mapping[str, Any],
+    health_checked: bool,
+    watched: Mapping[str, tuple[str, str]] | None = None,
+) -> dict[str, Any]:
     address = address_text(host.get("address", {}))
     status = host.get("health_status", {})
     stats = _stat_values(host)
     eds = str(status.get("eds_health_status", "HEALTHY"))
     ejected = bool(status.get("failed_outlier_check", False))
+    # What the control plane's health watch says of it (the reason behind its EDS status).
+    verdict = watched.get(address) if watched is not None else None
     if status.get("failed_active_health_check"):
         health, state = "unhealthy", _FAILURE
         reason = f"endpoint {address} unhealthy: failed active health check"
     elif eds in _UNHEALTHY_EDS:
         health, state = "unhealthy", _FAILURE
-        reason = f"endpoint {address} unhealthy: control plane says {eds}"
+        why = verdict[1] if verdict is not None else f"control plane says {eds}"
+        reason = f"endpoint {address} unhealthy: {why}"
     elif status.get("pending_active_hc"):
         health, state = "pending", _CONNECTING
         reason = f"endpoint {address}: health pending"
+    elif verdict is not None and verdict[0] == "pending" and not ejected:
+        # Routable meanwhile: Envoy cannot hold calls for it (see endpoint_health).
+        health = "pending"
+        state = _READY if stats.get("cx_active", 0) > 0 else _IDLE
+        reason = f"endpoint {address}: health pending (routable meanwhile)"
     else:
         health = "healthy" if health_checked else "off"
         if ejected:
@@ -519,7 +531,10 @@ def _aggregate(states: list[str]) -> str:
 
 
 def clusters_view(
-    document: Mapping[str, Any], *, clusters: Mapping[str, Any] | None = None
+    document: Mapping[str, Any],
+    *,
+    clusters: Mapping[str, Any] | None = None,
+    health: Mapping[str, Mapping[str, tuple[str, str]]] | None = None,
 ) -> dict[str, Any]:
     """meshkit's ``/clusters`` document from Envoy's ``/clusters?format=json``.
 
@@ -530,6 +545,11 @@ def clusters_view(
     failing health checks (Envoy's or the control plane's EDS status) or ejected is
     ``TRANSIENT_FAILURE``, health-check pending ``CONNECTING``, passing health checks or with
     an open connection ``READY``, else ``IDLE``; ``picks`` is Envoy's ``rq_total``.
+
+    ``health``: per Envoy cluster, the control plane's health watch of each endpoint
+    (address -> (``healthy`` / ``unhealthy`` / ``pending``, why), see
+    :meth:`sidecar.envoy.endpoint_health.EndpointHealth.view`): an endpoint its EDS status
+    keeps out says why, one with no answer yet is ``pending``.
     """
     statuses: dict[str, Mapping[str, Any]] = {}
     for status in document.get("cluster_statuses", ()):
@@ -545,8 +565,9 @@ def clusters_view(
             continue
         try:
             health_checked = getattr(config, "health_check", None) is not None
+            watched = health.get(name) if health is not None else None
             endpoints = [
-                _endpoint(host, health_checked)
+                _endpoint(host, health_checked, watched)
                 for host in status.get("host_statuses", ())
                 if isinstance(host, Mapping)
             ]
@@ -562,7 +583,10 @@ def clusters_view(
 
 
 def read_clusters_view(
-    admin: EnvoyAdmin | str, *, clusters: Mapping[str, Any] | None = None
+    admin: EnvoyAdmin | str,
+    *,
+    clusters: Mapping[str, Any] | None = None,
+    health: Mapping[str, Mapping[str, tuple[str, str]]] | None = None,
 ) -> dict[str, Any]:
     """:func:`clusters_view` of what Envoy's admin (a client or its address) answers now, for
     the admin server's thread (one bounded request). When Envoy does not answer, each cluster
@@ -572,4 +596,4 @@ def read_clusters_view(
         document = client.clusters()
     except AdminError as exc:
         return {name: {"error": f"envoy: {exc}"} for name in sorted(clusters or {})}
-    return clusters_view(document, clusters=clusters)
+    return clusters_view(document, clusters=clusters, health=health)

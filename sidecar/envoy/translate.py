@@ -100,7 +100,7 @@ def translate(config: SidecarConfig, inputs: PlaneInputs) -> Resources:
         envoy_name = _clusters.cluster_name(name)
         clusters[envoy_name] = _clusters.outbound_cluster(name, cluster)
         endpoints[envoy_name] = _clusters.load_assignment(
-            name, cluster, inputs.endpoints.get(name, ())
+            name, cluster, inputs.endpoints.get(name, ()), inputs.endpoint_health.get(name)
         )
         for secret in _clusters.cluster_secrets(name, cluster, inputs.files):
             secrets[secret["name"]] = secret

@@ -13,7 +13,9 @@ does not depend on the mesh: a plain ``grpc.aio`` channel calling a stopping ser
 too. The drain's answer is the ``NOT_SERVING`` period: a client following the endpoint's health
 stops picking it before the server stops. So "a backend that drains properly costs 0 calls"
 holds for a cluster with ``health_check``; the test proves it, and that the calls in flight
-when each drain begins all end OK.
+when each drain begins all end OK. Both planes follow the endpoint's health with a
+``grpc.health.v1/Watch`` stream (on the Envoy plane the control plane watches and publishes
+each endpoint's EDS health status), so the 0.5 s NOT_SERVING period is enough.
 """
 
 from __future__ import annotations
@@ -44,13 +46,6 @@ GRACE = 5.0
 #: How long a restarted backend may take to get calls (the sidecar's reconnect backoff).
 BACK_IN = 20.0
 
-ENVOY_HEALTH_POLL = (
-    "the Envoy plane checks endpoint health with grpc.health.v1/Check every 5 s"
-    " (sidecar/envoy/_translate_clusters.py): it misses the 0.5 s NOT_SERVING period and keeps"
-    " picking the stopped backend, whose closed port fails calls with UNAVAILABLE 'remote"
-    " connection failure', until its next check"
-)
-
 
 async def start_backend(name: str, port: int = 0) -> BackendProcess:
     return await BackendProcess.start(name, port, drain_delay=DRAIN_DELAY, grace=GRACE)
@@ -69,11 +64,7 @@ async def backends(count: int) -> AsyncIterator[list[BackendProcess]]:
             backend.kill()
 
 
-async def test_graceful_rolling_restart_costs_no_call(
-    sidecars: Sidecars, request: pytest.FixtureRequest
-) -> None:
-    if sidecars.plane == "envoy":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=ENVOY_HEALTH_POLL))
+async def test_graceful_rolling_restart_costs_no_call(sidecars: Sidecars) -> None:
     async with backends(3) as running:
         target = "static:///" + ",".join(b.address for b in running)
         config = outbound_config(target, health_check={"service": ""})

@@ -478,3 +478,29 @@ def test_clusters_view_ejected_pending_and_empty() -> None:
         "state": "TRANSIENT_FAILURE",
         "endpoints": [],
     }
+
+
+def test_clusters_view_says_why_the_control_plane_keeps_an_endpoint_out() -> None:
+    # health from the control plane's watch: EDS status plus its reason, pending before
+    config = {"echo": SimpleNamespace(target="t", lb_policy="round_robin", health_check=object())}
+    document = _doc("clusters_health.json")
+    hosts = document["cluster_statuses"][0]["host_statuses"]
+    hosts[0]["health_status"] = {"eds_health_status": "UNHEALTHY"}
+    hosts[1]["health_status"] = {"eds_health_status": "UNKNOWN"}
+    del hosts[2]
+    watched = {
+        "echo": {
+            "127.0.0.1:34853": ("unhealthy", "health check answered NOT_SERVING"),
+            "127.0.0.1:46205": ("pending", "no health answer yet"),
+        }
+    }
+    view = clusters_view(document, clusters=config, health=watched)["echo"]
+    out, pending = view["endpoints"]
+    assert (out["state"], out["health"]) == ("TRANSIENT_FAILURE", "unhealthy")
+    assert out["reason"] == "endpoint 127.0.0.1:34853 unhealthy: health check answered NOT_SERVING"
+    # routable meanwhile (Envoy reads no status as UNKNOWN): not CONNECTING, but pending
+    assert (pending["state"], pending["health"]) == ("IDLE", "pending")
+    assert "health pending" in pending["reason"]
+    # without the watch's view, the EDS status alone is shown
+    plain = clusters_view(document, clusters=config)["echo"]["endpoints"][0]
+    assert plain["reason"].endswith("control plane says UNHEALTHY")

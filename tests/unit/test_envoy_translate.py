@@ -357,15 +357,38 @@ def test_retry_policy_maps_codes_attempts_backoff_and_budget() -> None:
         "budget_percent": {"value": 20.0},
         "min_retry_concurrency": 3,
     }
-    # no policy: only the transparent retries of calls that never reached the upstream
+    assert "max_retries" not in breakers[0]  # the budget bounds them (Envoy ignores it then)
+    # no policy: only the transparent retries of calls that never reached the upstream,
+    # with no bound on concurrent retries (Envoy's default of 3 would fail some under load)
     assert routes_of(resources, "outbound")[2]["route"]["retry_policy"] == {
         "retry_on": "connect-failure,refused-stream,reset-before-request",
         "num_retries": 2,
+        **AVOID_PREVIOUS_HOSTS,
     }
-    assert (
-        "retry_budget"
-        not in resources.clusters["outbound|other"]["circuit_breakers"]["thresholds"][0]
-    )
+    other = resources.clusters["outbound|other"]["circuit_breakers"]["thresholds"][0]
+    assert "retry_budget" not in other
+    assert other["max_retries"] == 2**32 - 1
+
+
+AVOID_PREVIOUS_HOSTS = {
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+            },
+        }
+    ],
+    "host_selection_retry_max_attempts": 5,
+}
+
+
+def test_every_retry_avoids_the_hosts_already_tried() -> None:
+    resources = rich()
+    for route in routes_of(resources, "outbound"):
+        policy = route["route"]["retry_policy"]
+        assert {k: policy[k] for k in AVOID_PREVIOUS_HOSTS} == AVOID_PREVIOUS_HOSTS
 
 
 @pytest.mark.parametrize(
@@ -424,14 +447,26 @@ def test_cluster_is_eds_over_ads_http2_with_keepalive_and_no_limits() -> None:
     assert threshold["max_requests"] == threshold["max_pending_requests"] == 2**32 - 1
 
 
-def test_health_check_is_grpc_with_service_and_removal_ignoring_health() -> None:
+def test_health_is_the_control_planes_eds_status_not_an_envoy_check() -> None:
+    # health_check: the control plane watches each endpoint; Envoy polls nothing itself
     cluster = rich().clusters["outbound|echo"]
-    (check,) = cluster["health_checks"]
-    assert check["grpc_health_check"] == {"service_name": "echo.Echo"}
-    assert (check["interval"], check["timeout"], check["no_traffic_interval"]) == ("5s", "1s", "5s")
-    assert (check["unhealthy_threshold"], check["healthy_threshold"]) == (2, 1)
-    assert cluster["ignore_health_on_host_removal"] is True
-    assert "health_checks" not in rich().clusters["outbound|other"]
+    assert "health_checks" not in cluster
+    assert "ignore_health_on_host_removal" not in cluster
+    endpoints = {"echo": [Endpoint("10.0.0.1", 1), Endpoint("10.0.0.2", 1), Endpoint("::1", 1)]}
+    health = {("10.0.0.1", 1): "HEALTHY", ("10.0.0.2", 1): "UNHEALTHY", ("10.0.0.9", 1): "x"}
+    found = run(config_of(RICH), endpoints=endpoints, endpoint_health={"echo": health})
+    (locality,) = found.endpoints["outbound|echo"]["endpoints"]
+    statuses = {
+        e["endpoint"]["address"]["socket_address"]["address"]: e.get("health_status")
+        for e in locality["lb_endpoints"]
+    }
+    # no answer yet: no status (UNKNOWN to Envoy, routable)
+    assert statuses == {"10.0.0.1": "HEALTHY", "10.0.0.2": "UNHEALTHY", "::1": None}
+    # a cluster without health_check carries no status, whatever is given
+    plain = outbound({"prefix": "/", "cluster": "a"}, a={"target": ECHO})
+    found = run(plain, endpoints={"a": [Endpoint("10.0.0.1", 1)]}, endpoint_health={"a": health})
+    (locality,) = found.endpoints["outbound|a"]["endpoints"]
+    assert "health_status" not in locality["lb_endpoints"][0]
 
 
 def test_outlier_detection_uses_the_counter_that_covers_the_codes() -> None:

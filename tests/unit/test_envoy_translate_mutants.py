@@ -88,6 +88,7 @@ def static_cluster(name: str, host: str, port: int) -> dict[str, Any]:
                     "max_connections": UNLIMITED,
                     "max_pending_requests": UNLIMITED,
                     "max_requests": UNLIMITED,
+                    "max_retries": UNLIMITED,
                 }
             ]
         },
@@ -309,6 +310,16 @@ def test_the_outbound_route_configuration_envoy_receives() -> None:
         "retry_policy": {
             "retry_on": "connect-failure,refused-stream,reset-before-request",
             "num_retries": 2,
+            "retry_host_predicate": [
+                {
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {
+                        "@type": T
+                        + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                    },
+                }
+            ],
+            "host_selection_retry_max_attempts": 5,
         },
     }
     assert run(config_of(TWO_LISTENERS)).routes["outbound"] == {

@@ -51,6 +51,8 @@ ROOTS: tuple[str, ...] = (
     "envoy/extensions/access_loggers/file/v3/file.proto",
     "envoy/admin/v3/clusters.proto",
     "envoy/admin/v3/config_dump.proto",
+    "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
+    "envoy/extensions/load_balancing_policies/pick_first/v3/pick_first.proto",
 )
 """The proto files asked for; everything they import comes along."""
 
