@@ -176,7 +176,6 @@ class ResolverState:
     """
 
     addresses: tuple[Address, ...]
-    service_config: Mapping[str, Any] | None = None
     note: str = ""
 
     def __post_init__(self) -> None:

@@ -164,7 +164,7 @@ class EndpointWatcher:
 
     async def _lookup(self, cluster: ClusterEndpoints, state: ResolverState) -> None:
         addresses = await _to_ips(state.addresses)
-        self._apply(cluster, ResolverState(addresses, state.service_config, state.note))
+        self._apply(cluster, ResolverState(addresses, state.note))
 
     def _apply(self, cluster: ClusterEndpoints, state: ResolverState) -> None:
         if cluster.retired:
