@@ -62,6 +62,14 @@ Other signals:
   Envoy restart). Listener addresses,
   TLS/auth settings, inbound, admin, telemetry and ``workers`` need a restart: a change there
   is logged as a warning and the running listeners stay as they are.
+
+Method kinds (``method_kinds``): the process learns each method's RPC kind for both planes
+(:class:`~sidecar.method_kinds.MethodKinds`, handed over in the
+:class:`~sidecar.dataplane.PlaneContext`): from the descriptor set files, and over server
+reflection from every cluster (a fresh channel built as the Python plane's, closed after) and
+the local app, at start, every ``refresh`` and soon after a call for an unknown method; a
+reload re-reads the files and the sources. Each worker process learns for itself. The admin
+``/config`` document lists what is known under ``method_kinds_learned``.
 """
 
 from __future__ import annotations
@@ -78,21 +86,24 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter
 
 import health
 from sidecar import dataplane, logs
 from sidecar.admin import AdminServer
 from sidecar.app_health import app_listening
+from sidecar.clusters import channel_factory
 from sidecar.config import ConfigError, SidecarConfig, load_config
 from sidecar.dataplane import ApplyError, DataPlane, PlaneContext
 from sidecar.lifecycle import ConfigWatcher, TaskSet
+from sidecar.method_kinds import ChannelFactory, MethodKinds, merged, read_descriptor_set
 from sidecar.observability import build_tracer
 from sidecar.workers import Workers
 from telemetry.otel_metrics import OtelMetricsBridge
 from telemetry.otlp import metric_exporter
 
-__all__ = ["Sidecar", "StartupError", "run", "worker_main"]
+__all__ = ["Sidecar", "StartupError", "descriptor_kinds", "kind_sources", "run", "worker_main"]
 
 _LOG = logging.getLogger("meshkit.sidecar")
 
@@ -161,6 +172,34 @@ def _tune_gc() -> None:
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(_GC_GEN0_THRESHOLD, gen1, gen2)
+
+
+def descriptor_kinds(config: SidecarConfig) -> dict[str, str]:
+    """The kinds of the config's descriptor set files, earlier files winning; ``ValueError``
+    naming the file that cannot be read."""
+    tables = []
+    for i, path in enumerate(config.method_kinds.descriptor_sets):
+        try:
+            tables.append(read_descriptor_set(path))
+        except ValueError as exc:
+            raise ValueError(f"method_kinds.descriptor_sets[{i}]: {path}: {exc}") from None
+    return merged(tables)
+
+
+def kind_sources(config: SidecarConfig) -> dict[str, ChannelFactory]:
+    """The servers to learn method kinds from over reflection: each cluster (keyed by name and
+    target, so a new target is a new source and what the old one taught is dropped) and the
+    local app; none when ``method_kinds.reflection`` is off."""
+    if not config.method_kinds.reflection:
+        return {}
+    sources: dict[str, ChannelFactory] = {
+        f"cluster {name} {cluster.target}": channel_factory(cluster)
+        for name, cluster in config.clusters.items()
+    }
+    if config.inbound is not None:
+        app = str(config.inbound.app)
+        sources[f"app {app}"] = lambda: grpc.aio.insecure_channel(app)
+    return sources
 
 
 def _restart_needed(old: SidecarConfig, new: SidecarConfig) -> list[str]:
@@ -349,6 +388,7 @@ class Sidecar:
         self._watcher: ConfigWatcher | None = None
         self._tracing: Any = None
         self._otel_metrics: OtelMetricsBridge | None = None
+        self.method_kinds: MethodKinds | None = None
         self._reloads = Counter(
             "meshkit_config_reloads",
             "Config reloads attempted, by result (applied, rejected, failed).",
@@ -385,6 +425,12 @@ class Sidecar:
         document = self.config.to_dict(redact=True)
         if self.plane is not None:
             document["data_plane_status"] = {"plane": self.plane.name, **self.plane.status_view()}
+        kinds = self.method_kinds
+        if kinds is not None:
+            document["method_kinds_learned"] = {
+                "rounds": kinds.rounds,
+                "methods": dict(sorted(kinds.table.items())),
+            }
         return document
 
     # -- life ---------------------------------------------------------------------------------
@@ -420,11 +466,13 @@ class Sidecar:
         if python_workers and self.config_path is None:
             _LOG.warning("workers: %d needs a config file; running 1 process", config.workers)
         self._tracing = build_tracer(config.telemetry.tracing)
+        self.method_kinds = self._start_method_kinds(config)
         context = PlaneContext(
             registry=self.registry,
             tracer=self._tracing.tracer if self._tracing is not None else None,
             config_path=self.config_path,
             worker=self.worker,
+            method_kinds=self.method_kinds,
         )
         self.plane = dataplane.build(choice, config, context)
         self.addresses.update(await self.plane.start())
@@ -454,6 +502,37 @@ class Sidecar:
             self._watcher = ConfigWatcher(self.config_path, self.reload)
             self._tasks.spawn(self._watcher.run(), "config-watch")
         self._tasks.spawn(self._watch_files(), "files-watch")
+
+    def _start_method_kinds(self, config: SidecarConfig) -> MethodKinds:
+        """The learner of method kinds, learning from now on (see the module doc)."""
+        try:
+            files = descriptor_kinds(config)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        settings = config.method_kinds
+        kinds = MethodKinds(
+            files=files,
+            refresh=float(settings.refresh),
+            timeout=float(settings.timeout),
+            on_change=self._kinds_changed,
+        )
+        kinds.set_sources(kind_sources(config))
+        self._tasks.spawn(kinds.run(), "method-kinds")
+        return kinds
+
+    @staticmethod
+    def _kinds_changed(table: Any) -> None:
+        _LOG.info("method kinds: %d method(s) known", len(table))
+
+    def _update_method_kinds(self, new: SidecarConfig, files: dict[str, str]) -> None:
+        """Follow a reload: the descriptor sets' kinds (read by the caller), the sources (a
+        learning round follows), the timings."""
+        kinds = self.method_kinds
+        if kinds is not None:
+            settings = new.method_kinds
+            kinds.refresh, kinds.timeout = float(settings.refresh), float(settings.timeout)
+            kinds.set_files(files)
+            kinds.set_sources(kind_sources(new))
 
     async def _start_admin(self) -> None:
         self.admin = AdminServer(
@@ -616,11 +695,14 @@ class Sidecar:
         """Hand ``new`` to the data plane; on success it is the running config."""
         assert self.plane is not None
         try:
+            # Off the loop: up to 16 MiB a file.
+            files = await asyncio.to_thread(descriptor_kinds, new)
             summary = await self.plane.apply(new)
-        except ApplyError as exc:
+        except (ApplyError, ValueError) as exc:
             _LOG.error("config reload failed, keeping the running config: %s", exc)
             self._reloads.labels("failed").inc()
             return False
+        self._update_method_kinds(new, files)
         self.config = new
         if self.drain is not None:
             self.drain.config = health.DrainConfig(

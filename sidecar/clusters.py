@@ -4,7 +4,10 @@ A :class:`Cluster` is built from its :class:`~sidecar.config.ClusterConfig`: a
 ``balancers.aio`` channel (TLS when configured) with the cluster's keepalive, policy, health
 checking, outlier detection and resolver timings. :func:`build_router` turns the outbound routes
 into a :class:`~sidecar.routing.Router` of :class:`~sidecar.proxy.Upstream` (one per route, as
-the default deadline is per route; routes to one cluster share its channel).
+the default deadline is per route; routes to one cluster share its channel). A route without a
+``kind`` hint forwards each method by the kind the sidecar learned for it
+(:class:`~sidecar.method_kinds.MethodKinds`); :func:`channel_factory` makes the channels it
+learns over, built as the cluster's own.
 
 A :class:`ClusterSet` is immutable once built; a reload builds a new one with
 :meth:`ClusterSet.rebuilt`, which keeps the running clusters whose config did not change (their
@@ -28,10 +31,11 @@ import resolvers
 from sidecar import proxy
 from sidecar.config import ClusterConfig, OutboundConfig, Route
 from sidecar.config import RetryPolicy as RetryConfig
+from sidecar.method_kinds import ChannelFactory, MethodKinds
 from sidecar.routing import Router
 from sidecar.tls import ClientTlsFiles
 
-__all__ = ["Cluster", "ClusterSet", "build_router", "retry_policy"]
+__all__ = ["Cluster", "ClusterSet", "build_router", "channel_factory", "retry_policy"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -81,6 +85,40 @@ def channel_options(config: ClusterConfig, tls: ClientTlsFiles | None) -> list[t
     return options
 
 
+def _client_tls(config: ClusterConfig) -> ClientTlsFiles | None:
+    if config.tls is None:
+        return None
+    return ClientTlsFiles(
+        config.tls.ca, config.tls.cert, config.tls.key, server_name=config.tls.server_name
+    )
+
+
+def _balanced_channel(config: ClusterConfig, tls: ClientTlsFiles | None) -> Any:
+    settings: dict[str, Any] = {
+        "lb_policy": config.lb_policy,
+        "lb_config": dict(config.lb_config),
+        "health_check_service": (
+            config.health_check.service if config.health_check is not None else None
+        ),
+        "outlier_detection": _outlier(config),
+        "resolver_options": resolvers.ResolverOptions(
+            min_refresh=float(config.resolver.min_refresh),
+            max_refresh=float(config.resolver.max_refresh),
+        ),
+    }
+    options = channel_options(config, tls)
+    if tls is not None:
+        return balancers.aio.secure_channel(config.target, tls.credentials(), options, **settings)
+    return balancers.aio.insecure_channel(config.target, options, **settings)
+
+
+def channel_factory(config: ClusterConfig) -> ChannelFactory:
+    """Makes a new balanced channel to the cluster of ``config`` per call, as
+    :meth:`Cluster.build` does (TLS, authority, policy, health checking), for a short exchange
+    such as server reflection; the caller closes it. Raises as :meth:`Cluster.build`."""
+    return lambda: _balanced_channel(config, _client_tls(config))
+
+
 @dataclass(eq=False)
 class Cluster:
     """A named upstream: its config and its balanced channel.
@@ -103,32 +141,8 @@ class Cluster:
     ) -> Cluster:
         """Create the channel (needs a running loop); raises ``OSError`` for unreadable TLS
         files and ``ValueError`` for a target the resolvers refuse."""
-        tls = None
-        if config.tls is not None:
-            tls = ClientTlsFiles(
-                config.tls.ca,
-                config.tls.cert,
-                config.tls.key,
-                server_name=config.tls.server_name,
-            )
-        settings: dict[str, Any] = {
-            "lb_policy": config.lb_policy,
-            "health_check_service": (
-                config.health_check.service if config.health_check is not None else None
-            ),
-            "outlier_detection": _outlier(config),
-            "resolver_options": resolvers.ResolverOptions(
-                min_refresh=float(config.resolver.min_refresh),
-                max_refresh=float(config.resolver.max_refresh),
-            ),
-        }
-        options = channel_options(config, tls)
-        if tls is not None:
-            channel = balancers.aio.secure_channel(
-                config.target, tls.credentials(), options, **settings
-            )
-        else:
-            channel = balancers.aio.insecure_channel(config.target, options, **settings)
+        tls = _client_tls(config)
+        channel = _balanced_channel(config, tls)
         cluster = cls(name, config, channel, tls, _on_change=on_change)
         channel.core.add_state_watcher(cluster._state_changed)
         cluster._state_changed()
@@ -234,19 +248,29 @@ class ClusterSet(Mapping[str, Cluster]):
         await asyncio.gather(*(c.close(grace) for c in self._clusters.values()))
 
 
-def _upstream(route: Route, cluster: Cluster) -> proxy.Upstream:
+def _upstream(route: Route, cluster: Cluster, kinds: MethodKinds | None) -> proxy.Upstream:
     timeout = route.timeout if route.timeout is not None else cluster.config.timeout
     return proxy.Upstream(
         cluster.name,
         cluster.channel,
         timeout=None if timeout is None else float(timeout),
         retry=retry_policy(cluster.config.retry),
-        default_kind=proxy.RpcKind(route.kind or "stream_stream"),
+        default_kind=proxy.RpcKind(route.kind) if route.kind is not None else None,
+        learned=kinds,
     )
 
 
-def build_router(outbound: OutboundConfig, clusters: ClusterSet) -> Router[proxy.Upstream]:
-    """The outbound router: each route's prefix to an upstream on its cluster's channel."""
+def build_router(
+    outbound: OutboundConfig, clusters: ClusterSet, kinds: MethodKinds | None = None
+) -> Router[proxy.Upstream]:
+    """The outbound router: each route's prefix to an upstream on its cluster's channel.
+
+    A route's ``kind`` hint sets the forwarding path of its methods; without one, ``kinds``
+    (what the sidecar learned) does, else the stream path (see :meth:`proxy.Upstream.kind_of`).
+    """
     return Router(
-        [(route.prefix, _upstream(route, clusters[route.cluster])) for route in outbound.routes]
+        [
+            (route.prefix, _upstream(route, clusters[route.cluster], kinds))
+            for route in outbound.routes
+        ]
     )

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from health.aio import HealthService as AioHealthService
 from sidecar.config import SidecarConfig
+from sidecar.method_kinds import MethodKinds
 
 __all__ = [
     "ApplyError",
@@ -60,6 +61,9 @@ class PlaneContext:
     config_path: str | None = None
     #: A worker process of a parent sidecar (python plane with ``workers > 1``).
     worker: bool = False
+    #: Each method's RPC kind as learned from the servers and descriptor sets (the process
+    #: keeps it learning and follows reloads); a plane reads it for methods no route hints.
+    method_kinds: MethodKinds | None = None
 
 
 @dataclasses.dataclass(frozen=True)

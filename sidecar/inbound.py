@@ -32,7 +32,9 @@ from sidecar.app_health import AppHealth, LocalHealth
 from sidecar.auth import MISSING_TOKEN, TokenAuth
 from sidecar.authz import AuthorizingHandler, IdentityPolicy
 from sidecar.config import AuthConfig, InboundConfig, InboundTlsConfig
+from sidecar.method_kinds import MethodKinds
 from sidecar.outbound import bind, listener_options
+from sidecar.proxy_metrics import INBOUND, ProxyMetrics
 from sidecar.tls import ServerTlsFiles
 
 __all__ = ["AppHealth", "InboundListener", "authenticator", "check_tls_files"]
@@ -91,13 +93,15 @@ class InboundListener:
         self,
         config: InboundConfig,
         *,
-        metrics: Any = None,
+        metrics: ProxyMetrics | None = None,
         tracer: Any = None,
         access_log: AccessLog | None = None,
+        kinds: MethodKinds | None = None,
     ) -> None:
         """Create the server, read TLS and token files, bind (``OSError`` on failure).
 
         ``access_log``: where to write a line per forwarded call (``None``: no access log).
+        ``kinds``: the method kinds learned (the forwarding path of each method).
         """
         self.config = config
         self.health = AioHealthService()
@@ -109,21 +113,24 @@ class InboundListener:
                 ("grpc.max_reconnect_backoff_ms", max(1000, config.app_health.interval.ms)),
             ],
         )
-        self._upstream = proxy.Upstream("local app", self.app_channel)
+        self._upstream = proxy.Upstream("local app", self.app_channel, learned=kinds)
         self.local_health = LocalHealth(self.app_channel, config.app_health, self.health)
         self.app_health = self.local_health.app
-        extra: dict[str, Any] = {"forwarded_for": True}
-        if config.auth is not None:
-            extra["authenticate"] = authenticator(config.auth)
-        if metrics is not None:
-            extra["metrics"] = metrics
-        if tracer is not None:
-            extra["tracer"] = tracer
+        authenticate = authenticator(config.auth) if config.auth is not None else None
         self.server = grpc.aio.server(
             options=listener_options(config.keepalive, config.max_concurrent_streams)
         )
         self.health.add_to_server(self.server)  # before the generic handler: see module doc
-        handler: grpc.GenericRpcHandler = proxy.ProxyHandler(self._upstream_for, **extra)
+        #: The forwarding handler (its ``active`` / ``started`` are what the drain watches).
+        self.proxy = proxy.ProxyHandler(
+            self._upstream_for,
+            authenticate=authenticate,
+            forwarded_for=True,
+            metrics=metrics,
+            direction=INBOUND,
+            tracer=tracer,
+        )
+        handler: grpc.GenericRpcHandler = self.proxy
         if config.authorization is not None:
             allowed = config.authorization
             policy = IdentityPolicy(allowed.allowed_ids, allowed.allowed_san_patterns)

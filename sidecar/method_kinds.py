@@ -37,6 +37,7 @@ __all__ = [
     "KINDS",
     "MAX_DESCRIPTOR_SET_BYTES",
     "REFLECTION_METHODS",
+    "ChannelFactory",
     "MethodKinds",
     "kinds_from_descriptor_set",
     "kinds_from_files",
@@ -57,6 +58,7 @@ REFLECTION_METHODS: Final = (
 MAX_DESCRIPTOR_SET_BYTES: Final = 16 * 1024 * 1024
 _MISS_INTERVAL: Final = 30.0
 _REFLECTION_SERVICES: Final = frozenset(m.split("/")[1] for m in REFLECTION_METHODS)
+_NOT_OFFERED: Final = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL})
 
 
 def _kind(client_streaming: bool, server_streaming: bool) -> str:
@@ -120,11 +122,13 @@ async def _exchange(
     channel: grpc.aio.Channel, method: str, budget: _Budget, timeout: float
 ) -> dict[str, str]:
     """One reflection stream: list the services, then ask for each one's file."""
+    # wait_for_ready: a server starting up (the app next to the sidecar, a cluster's channel
+    # still resolving) is asked once it accepts, within ``timeout``, not failed at once.
     call = channel.stream_stream(
         method,
         request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
         response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-    )(timeout=timeout)
+    )(timeout=timeout, wait_for_ready=True)
     try:
         await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
         listed = await call.read()
@@ -182,8 +186,11 @@ async def reflect(
         try:
             return await asyncio.wait_for(_exchange(channel, method, budget, left), left)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                continue  # try the older service
+            # A server without this service answers UNIMPLEMENTED at once, often before the
+            # first request is sent, and grpc.aio then reports INTERNAL ("Internal error from
+            # Core") in its place: both mean "try the older service".
+            if exc.code() in _NOT_OFFERED:
+                continue
             _LOG.debug("reflection via %s failed: %s %s", method, exc.code(), exc.details())
             return {}
         except (ValueError, DecodeError, asyncio.TimeoutError) as exc:
@@ -199,6 +206,12 @@ def merged(tables: Iterable[Mapping[str, str]]) -> dict[str, str]:
         out.update(table)
     return out
 
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 ChannelFactory = Callable[[], "grpc.aio.Channel"]
@@ -230,6 +243,7 @@ class MethodKinds:
         self.timeout = timeout
         self._on_change = on_change
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_miss = -math.inf
         self.table: Mapping[str, str] = self._files
         self.rounds = 0
@@ -254,11 +268,18 @@ class MethodKinds:
         return self.table.get(method)
 
     def miss(self, method: str) -> None:
-        """A call for a method no source knew: learn again soon (at most every 30 s)."""
-        loop_time = time.monotonic()
-        if loop_time - self._last_miss >= _MISS_INTERVAL:
-            self._last_miss = loop_time
+        """A call for a method no source knew: learn again soon (at most every 30 s). Safe
+        from any thread (the Envoy plane's metrics are read on the admin server's)."""
+        now = time.monotonic()
+        if now - self._last_miss < _MISS_INTERVAL:
+            return
+        self._last_miss = now
+        loop = self._loop
+        if loop is None or _running_loop() is loop:
             self._wake.set()
+        else:  # an asyncio.Event is not thread-safe: set it on the loop that waits on it
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(self._wake.set)
 
     async def learn(self) -> None:
         """Ask every source once, concurrently; a failing source keeps what it taught."""
@@ -288,6 +309,7 @@ class MethodKinds:
 
     async def run(self) -> None:
         """Learn now, then again every ``refresh`` seconds or after a miss; until cancelled."""
+        self._loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
             await self.learn()

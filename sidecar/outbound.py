@@ -15,6 +15,7 @@ import grpc
 from sidecar import proxy
 from sidecar.access_log import AccessLog, AccessLogHandler
 from sidecar.config import OutboundConfig, ServerKeepaliveConfig
+from sidecar.proxy_metrics import OUTBOUND, ProxyMetrics
 from sidecar.routing import Router
 
 __all__ = ["OutboundListener", "listener_options"]
@@ -60,7 +61,7 @@ class OutboundListener:
         config: OutboundConfig,
         router: Router[proxy.Upstream],
         *,
-        metrics: Any = None,
+        metrics: ProxyMetrics | None = None,
         tracer: Any = None,
         access_log: AccessLog | None = None,
     ) -> None:
@@ -74,12 +75,11 @@ class OutboundListener:
         self.server = grpc.aio.server(
             options=listener_options(config.keepalive, config.max_concurrent_streams)
         )
-        extra: dict[str, Any] = {}
-        if metrics is not None:
-            extra["metrics"] = metrics
-        if tracer is not None:
-            extra["tracer"] = tracer
-        handler: grpc.GenericRpcHandler = proxy.ProxyHandler(self.upstream_for, **extra)
+        #: The forwarding handler (its ``active`` / ``started`` are what the drain watches).
+        self.proxy = proxy.ProxyHandler(
+            self.upstream_for, metrics=metrics, direction=OUTBOUND, tracer=tracer
+        )
+        handler: grpc.GenericRpcHandler = self.proxy
         if access_log is not None:
             handler = AccessLogHandler(handler, access_log, "outbound")
         self.server.add_generic_rpc_handlers((handler,))

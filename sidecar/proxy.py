@@ -51,25 +51,30 @@ import enum
 import functools
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
+from prometheus_client import Counter
 
+from sidecar.method_kinds import MethodKinds
+from sidecar.proxy_metrics import APP_CLUSTER, INBOUND, OUTBOUND, ProxyMetrics
 from sidecar.relay_status import StatusGuard
-from telemetry.metrics import (
-    BIDI_STREAM,
-    CLIENT_STREAM,
-    SERVER_STREAM,
-    UNARY,
-    GrpcMetrics,
-    split_method,
-)
+from telemetry.metrics import BIDI_STREAM, CLIENT_STREAM, SERVER_STREAM, UNARY, MethodMetrics
 from telemetry.metrics import RpcKind as GrpcType
-from telemetry.tracing import extract_context, inject_context
+from telemetry.tracing import (
+    ClientAttempt,
+    end_rpc_span,
+    extract_context,
+    inject_context,
+    peer_attributes,
+    rpc_attributes,
+    start_client_attempt,
+)
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -143,18 +148,6 @@ _GRPC_TYPES: dict[RpcKind, GrpcType] = {
     RpcKind.STREAM_UNARY: CLIENT_STREAM,
     RpcKind.STREAM_STREAM: BIDI_STREAM,
 }
-# Codes that mark a server span as failed (OpenTelemetry RPC conventions for gRPC servers);
-# the others are the caller's problem, not the server's.
-_SERVER_ERROR_CODES = frozenset(
-    {
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNIMPLEMENTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -204,8 +197,10 @@ class Upstream:
     - ``max_timeout``: cap on any deadline sent upstream (``None``: no cap);
     - ``retry``: a :class:`RetryPolicy`, or ``None`` for a single attempt;
     - ``kinds``/``default_kind``: RPC-kind hints per full method path (``/pkg.Svc/M``) and for
-      the rest of the route. A wrong hint breaks calls (a unary hint on a streaming method
-      drops messages), so only declare what the service definition says.
+      the rest of the route (``None``: no hint). A wrong hint breaks calls (a unary hint on a
+      streaming method drops messages), so only declare what the service definition says;
+    - ``learned``: the kinds learned from the servers (:class:`~sidecar.method_kinds.MethodKinds`),
+      used for methods without a hint.
     """
 
     name: str
@@ -214,13 +209,30 @@ class Upstream:
     max_timeout: float | None = None
     retry: RetryPolicy | None = None
     kinds: Mapping[str, RpcKind] = field(default_factory=dict)
-    default_kind: RpcKind = RpcKind.STREAM_STREAM
+    default_kind: RpcKind | None = None
+    learned: MethodKinds | None = None
 
     def kind_of(self, method: str) -> RpcKind:
-        """The forwarding path for ``method``."""
+        """The forwarding path for ``method``: its hint, else its learned kind, else
+        ``STREAM_STREAM`` (correct for every kind). A method no server described asks the
+        learner to look again (rate-limited there), so a kind learned later takes effect."""
         if self.kinds:
-            return self.kinds.get(method, self.default_kind)
-        return self.default_kind
+            hinted = self.kinds.get(method)
+            if hinted is not None:
+                return hinted
+        if self.default_kind is not None:
+            return self.default_kind
+        learned = self.learned
+        if learned is not None:
+            name = learned.table.get(method)
+            if name is not None:
+                return _KIND_NAMED[name]
+            learned.miss(method)
+        return RpcKind.STREAM_STREAM
+
+
+#: :class:`RpcKind` by its value (a dict lookup; the enum's own is slower on the call path).
+_KIND_NAMED: dict[str, RpcKind] = {kind.value: kind for kind in RpcKind}
 
 
 def forwardable_metadata(metadata: Metadata | None) -> tuple[tuple[str, str | bytes], ...]:
@@ -331,10 +343,23 @@ class _RequestReplay:
     ``cap`` it is dropped and ``replayable`` turns false for the rest of the call.
     """
 
-    __slots__ = ("_cap", "_context", "_reading", "_size", "_waiters", "attempt", "buffer", "eof")
+    __slots__ = (
+        "_cap",
+        "_context",
+        "_reading",
+        "_size",
+        "_stats",
+        "_waiters",
+        "attempt",
+        "buffer",
+        "eof",
+    )
 
-    def __init__(self, context: grpc.aio.ServicerContext, cap: int) -> None:
+    def __init__(
+        self, context: grpc.aio.ServicerContext, cap: int, stats: _CallStats | None = None
+    ) -> None:
         self._context = context
+        self._stats = stats
         self._cap = cap
         self._size = 0
         self._reading = False
@@ -381,6 +406,8 @@ class _RequestReplay:
             if message is _EOF:
                 self.eof = True
                 return
+            if self._stats is not None:
+                self._stats.requests += 1
             if self.buffer is not None:
                 self.buffer.append(message)
                 self._size += len(message)
@@ -417,12 +444,91 @@ async def _single_request(context: grpc.aio.ServicerContext) -> bytes:
     return message  # type: ignore[no-any-return]
 
 
-def _end_span(span: trace.Span, code: grpc.StatusCode) -> None:
-    if span.is_recording():
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code in _SERVER_ERROR_CODES:
-            span.set_status(Status(StatusCode.ERROR, code.name))
-    span.end()
+async def _counted_requests(
+    context: grpc.aio.ServicerContext, stats: _CallStats
+) -> AsyncIterator[bytes]:
+    """The downstream request stream, counted: what grpc's own request iterator does (one
+    ``read()`` per message), in its place rather than stacked on it."""
+    read = context.read
+    while True:
+        message = await read()
+        if message is _EOF:
+            return
+        stats.requests += 1
+        yield message
+
+
+class _CallStats:
+    """One instrumented call's counts, plain attributes bumped on the relay path and added to
+    the metrics once when the call ends (a Prometheus ``inc`` takes a lock)."""
+
+    __slots__ = ("attempts", "client_started", "requests", "responses")
+
+    def __init__(self) -> None:
+        self.attempts = 0  # upstream calls started
+        self.client_started = 0.0  # perf_counter() at the first attempt's start
+        self.requests = 0
+        self.responses = 0
+
+
+class _Scope:
+    """The metrics of the calls of one (direction, cluster), resolved once."""
+
+    __slots__ = ("client", "retried", "server")
+
+    def __init__(self, metrics: ProxyMetrics, direction: str, cluster: str) -> None:
+        self.server, self.client = metrics.scopes(direction, cluster)
+        self.retried: Callable[[], Counter] | None = None
+        # Retries are per outbound cluster (the local app is called once), as on Envoy; the
+        # series appears with the first retry, as Envoy's (its unused stats are left out).
+        if direction == OUTBOUND and cluster:
+            self.retried = functools.partial(metrics.retries.labels, cluster)
+
+    def record(
+        self,
+        method: str,
+        grpc_type: GrpcType,
+        code: grpc.StatusCode,
+        started: float,
+        stats: _CallStats,
+    ) -> None:
+        """Count one ended call: the server side always, the client side when an upstream
+        attempt started (counted at the end, as Envoy does), retries when there were some."""
+        server: MethodMetrics = self.server
+        server.done(method, grpc_type, code, started)
+        requests, responses = stats.requests, stats.responses
+        if requests:
+            server.received(method, grpc_type, requests)
+        if responses:
+            server.sent(method, grpc_type, responses)
+        if not stats.attempts:
+            return
+        client: MethodMetrics = self.client
+        client.start(method, grpc_type)
+        client.done(method, grpc_type, code, stats.client_started)
+        if requests:
+            client.sent(method, grpc_type, requests)
+        if responses:
+            client.received(method, grpc_type, responses)
+        if stats.attempts > 1 and self.retried is not None:
+            self.retried().inc(stats.attempts - 1)
+
+
+def _raise_if_caller_gone(context: grpc.aio.ServicerContext) -> None:
+    """Raise ``CancelledError`` when the caller's call has already ended (it cancelled, or its
+    deadline passed, which usually is why the upstream attempt failed too): a status sent now
+    fails inside grpc-core, which logs it as an error with a traceback. Ending the handler as
+    cancelled is what grpc does itself for such a call."""
+    remaining = context.time_remaining()
+    if context.cancelled() or (remaining is not None and remaining <= 0):
+        raise asyncio.CancelledError()
+
+
+def _end_attempt(span: ClientAttempt | None, code: grpc.StatusCode, details: str = "") -> None:
+    """End an attempt's CLIENT span (if traced) with the status the relay resolved; a span
+    already ended by its call keeps that status (only the first end counts)."""
+    if span is not None:
+        span.end(code, details if code is not grpc.StatusCode.OK else "")
 
 
 class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
@@ -435,13 +541,22 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
     ``forwarded_for`` appends the downstream peer to ``x-forwarded-for``.
     Add it with ``server.add_generic_rpc_handlers((handler,))``.
 
-    ``metrics`` (a server-side :class:`~telemetry.metrics.GrpcMetrics`) counts every call
-    started and handled with its final code, and observes its duration; calls rejected before
-    routing count too (as ``bidi_stream``). ``grpc_type`` comes from the route's kind hints
-    (``bidi_stream`` when unhinted). ``tracer`` makes one SERVER span per proxied call, child of
-    the ``traceparent`` the caller sent; when that span is sampled the forwarded
-    ``traceparent`` names it, otherwise the caller's headers go upstream untouched.
-    Without either, calls take exactly the uninstrumented path.
+    ``metrics`` (:class:`~sidecar.proxy_metrics.ProxyMetrics`) counts each call as its
+    contract says, labelled ``direction`` (the listener's, :data:`OUTBOUND` or
+    :data:`INBOUND`) and ``cluster`` (the upstream's name; :data:`APP_CLUSTER` inbound; ``""``
+    for a call refused before it had a route): ``grpc_server_*`` around the whole call, calls
+    the proxy refuses included (as ``bidi_stream``); ``grpc_client_*`` around the upstream
+    exchange, from the first attempt's start to the final status; messages both ways;
+    attempts after the first in ``meshkit_cluster_retries_total``. ``grpc_type`` comes from
+    the upstream's kind for the method (``bidi_stream`` when unknown).
+
+    ``tracer`` makes one SERVER span per proxied call, child of the ``traceparent`` the caller
+    sent, and under it one CLIENT span per upstream attempt, whose context is the
+    ``traceparent`` sent upstream when it is sampled (otherwise the caller's headers go
+    upstream untouched). Without metrics or tracer, calls take the uninstrumented path.
+
+    ``active`` / ``started``: the calls in flight now and started so far (refused ones
+    included), what a drain watches.
     """
 
     def __init__(
@@ -450,7 +565,8 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         *,
         authenticate: Callable[[Metadata], str | None] | None = None,
         forwarded_for: bool = False,
-        metrics: GrpcMetrics | None = None,
+        metrics: ProxyMetrics | None = None,
+        direction: str = OUTBOUND,
         tracer: trace.Tracer | None = None,
     ) -> None:
         """Keep the callables; nothing is started."""
@@ -458,15 +574,14 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         self._authenticate = authenticate
         self._forwarded_for = forwarded_for
         self._metrics = metrics
+        self._direction = direction
         self._tracer = tracer
+        self._instrumented = metrics is not None or tracer is not None
+        self._scopes: dict[str, _Scope] = {}
+        self.active = 0
+        self.started = 0
         self._callables: dict[tuple[Any, str, RpcKind], Any] = {}
-        self._handlers: dict[str, tuple[Upstream, grpc.RpcMethodHandler]] = {}
-        # Chosen once so the per-call path pays for instrumentation only when it is on.
-        self._unary_relay: Callable[..., Awaitable[bytes | None]] = self._unary_response
-        self._stream_relay: Callable[..., Awaitable[None]] = self._stream_response
-        if metrics is not None or tracer is not None:
-            self._unary_relay = functools.partial(self._observed, self._unary_response)
-            self._stream_relay = functools.partial(self._observed, self._stream_response)
+        self._handlers: dict[str, tuple[Upstream, RpcKind, grpc.RpcMethodHandler]] = {}
 
     # -- dispatch -------------------------------------------------------------------------
 
@@ -487,16 +602,21 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             return self._reject(
                 method, grpc.StatusCode.UNIMPLEMENTED, f"proxy: no route for {method}"
             )
+        # The kind is looked up per call: one learned after this handler was cached (server
+        # reflection answering late) takes effect on the next call, without a reload.
+        kind = upstream.kind_of(method)
         cached = self._handlers.get(method)
-        if cached is not None and cached[0] is upstream:
-            return cached[1]
-        handler = self._method_handler(upstream, method)
+        if cached is not None and cached[0] is upstream and cached[1] is kind:
+            return cached[2]
+        handler = self._method_handler(upstream, method, kind)
         if len(self._handlers) >= _CALL_CACHE_SIZE:
             self._handlers.clear()  # method paths come from the network: stay bounded
-        self._handlers[method] = (upstream, handler)
+        self._handlers[method] = (upstream, kind, handler)
         return handler
 
-    def _method_handler(self, upstream: Upstream, method: str) -> grpc.RpcMethodHandler:
+    def _method_handler(
+        self, upstream: Upstream, method: str, kind: RpcKind
+    ) -> grpc.RpcMethodHandler:
         """The handler of every call to ``method`` routed to ``upstream``.
 
         Built once per (method, upstream) and reused: grpc asks :meth:`service` per call, and
@@ -504,31 +624,69 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         metadata is read from the call's context inside the handler. A reload yields new
         :class:`Upstream` objects, so a cached handler never outlives its route.
         """
-        kind = upstream.kind_of(method)
+        # Chosen here, once per handler, so a call pays for instrumentation only when it is on.
+        observed = self._observed if self._instrumented else None
+        scope = self._scope_of(upstream)
         # Plain closures rather than functools.partial: grpc checks every behavior with
         # inspect.iscoroutinefunction per call, which is several times slower on a partial.
         if kind is RpcKind.STREAM_STREAM or kind is RpcKind.UNARY_STREAM:
-            stream_response = self._stream_relay
+            stream_response = self._stream_response
 
             async def relay_stream(request: Any, context: grpc.aio.ServicerContext) -> None:
-                headers = forwardable_metadata(context.invocation_metadata())
-                await stream_response(upstream, method, headers, kind, request, context)
+                self.active += 1
+                self.started += 1
+                try:
+                    headers = forwardable_metadata(context.invocation_metadata())
+                    if observed is None:
+                        await stream_response(upstream, method, headers, kind, request, context)
+                    else:
+                        await observed(
+                            stream_response, scope, upstream, method, headers, kind, context
+                        )
+                finally:
+                    self.active -= 1
 
             # Stream-request handlers for every kind: a unary-request call reads its one
             # message itself (_single_request), as grpc.aio's unary handlers never answer a
             # request stream that ends without a complete message.
             return grpc.stream_stream_rpc_method_handler(relay_stream)
-        unary_response = self._unary_relay
+        unary_response = self._unary_response
 
         async def relay_unary(request: Any, context: grpc.aio.ServicerContext) -> bytes | None:
-            headers = forwardable_metadata(context.invocation_metadata())
-            return await unary_response(upstream, method, headers, kind, request, context)
+            self.active += 1
+            self.started += 1
+            try:
+                headers = forwardable_metadata(context.invocation_metadata())
+                if observed is None:
+                    return await unary_response(upstream, method, headers, kind, request, context)
+                result: bytes | None = await observed(
+                    unary_response, scope, upstream, method, headers, kind, context
+                )
+                return result
+            finally:
+                self.active -= 1
 
         return grpc.stream_unary_rpc_method_handler(relay_unary)
 
+    def _scope_of(self, upstream: Upstream) -> _Scope | None:
+        """The metrics of calls to ``upstream`` from this listener, made once per cluster."""
+        metrics = self._metrics
+        if metrics is None:
+            return None
+        cluster = APP_CLUSTER if self._direction == INBOUND else upstream.name
+        found = self._scopes.get(cluster)
+        if found is None:
+            found = self._scopes[cluster] = _Scope(metrics, self._direction, cluster)
+        return found
+
     def _reject(self, method: str, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
-        if self._metrics is not None:
-            self._metrics.done(method, BIDI_STREAM, code, self._metrics.start(method, BIDI_STREAM))
+        self.started += 1
+        metrics = self._metrics
+        if metrics is not None:
+            # Refused before any route: no cluster yet, except inbound (always the app).
+            cluster = APP_CLUSTER if self._direction == INBOUND else ""
+            server = metrics.server.scope(self._direction, cluster)
+            server.done(method, BIDI_STREAM, code, server.start(method, BIDI_STREAM))
         return rejecting_handler(code, details)
 
     # -- instrumentation ----------------------------------------------------------------------
@@ -536,28 +694,29 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
     async def _observed(
         self,
         relay: _Relay,
+        scope: _Scope | None,
         upstream: Upstream,
         method: str,
         headers: Metadata,
         kind: RpcKind,
-        request: Any,
         context: grpc.aio.ServicerContext,
     ) -> Any:
-        """``relay`` (same arguments) with metrics and a span around it.
+        """``relay`` with metrics (``scope``) and the SERVER span around it.
 
-        The final code is read back from the context (``set_code``/``abort`` record it), so the
-        relay paths need no changes; cancellation is ``DEADLINE_EXCEEDED`` once the deadline
-        has passed, ``CANCELLED`` otherwise.
+        The relay reads the requests itself, counting them (so no request iterator is given),
+        and counts attempts and responses in a :class:`_CallStats`. The final code is read
+        back from the context (``set_code``/``abort`` record it); cancellation is
+        ``DEADLINE_EXCEEDED`` once the deadline has passed, ``CANCELLED`` otherwise.
         """
-        metrics = self._metrics
         grpc_type = _GRPC_TYPES[kind]
-        started = metrics.start(method, grpc_type) if metrics is not None else 0.0
+        stats = _CallStats()
+        started = scope.server.start(method, grpc_type) if scope is not None else 0.0
         span: trace.Span | None = None
         if self._tracer is not None:
-            span, headers = self._start_span(self._tracer, method, headers)
+            span, headers = self._start_span(self._tracer, method, headers, context)
         code: grpc.StatusCode | None = None
         try:
-            return await relay(upstream, method, headers, kind, request, context)
+            return await relay(upstream, method, headers, kind, None, context, stats)
         except asyncio.CancelledError:
             remaining = context.time_remaining()
             expired = remaining is not None and remaining <= 0
@@ -569,14 +728,14 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         finally:
             if code is None:
                 code = context.code() or grpc.StatusCode.OK
-            if metrics is not None:
-                metrics.done(method, grpc_type, code, started)
+            if scope is not None:
+                scope.record(method, grpc_type, code, started, stats)
             if span is not None:
-                _end_span(span, code)
+                end_rpc_span(span, code, context.details(), server=True)
 
     @staticmethod
     def _start_span(
-        tracer: trace.Tracer, method: str, headers: Metadata
+        tracer: trace.Tracer, method: str, headers: Metadata, context: grpc.aio.ServicerContext
     ) -> tuple[trace.Span, Metadata]:
         # The forwardable headers still hold the caller's traceparent/tracestate/baggage.
         span = tracer.start_span(
@@ -584,8 +743,8 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         )
         if not span.get_span_context().trace_flags.sampled:
             return span, headers  # not recorded: forward the caller's context unchanged
-        service, name = split_method(method)
-        span.set_attributes({"rpc.system": "grpc", "rpc.service": service, "rpc.method": name})
+        span.set_attributes({**rpc_attributes(method), **peer_attributes(context.peer())})
+        # The attempts' CLIENT spans take this span as parent from the forwarded headers.
         forwarded = inject_context(list(headers), trace.set_span_in_context(span))
         return span, tuple(forwarded)
 
@@ -671,41 +830,61 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         kind: RpcKind,
         request: Any,
         context: grpc.aio.ServicerContext,
+        stats: _CallStats | None = None,
     ) -> bytes | None:
         if kind is RpcKind.UNARY_UNARY:
             request = await _single_request(context)
+            if stats is not None:
+                stats.requests = 1
         timeout = self._timeout(upstream, context)
         headers = self._headers(headers, context)
         multicallable = self._callable(upstream.channel, method, kind)
         streaming = kind is RpcKind.STREAM_UNARY
         replay = (
-            _RequestReplay(context, upstream.retry.max_buffer_bytes)
+            _RequestReplay(context, upstream.retry.max_buffer_bytes, stats)
             if streaming and upstream.retry is not None
             else None
         )
+        if streaming and replay is None and stats is not None:
+            request = _counted_requests(context, stats)
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         attempt = 0
         while True:
             attempt += 1
             if replay is not None:
                 request = replay.next_attempt()
-            call = self._start(multicallable, request, deadline, headers, upstream, context)
+            call, span = self._start(
+                multicallable,
+                request,
+                deadline,
+                headers,
+                upstream,
+                context,
+                method,
+                attempt,
+                stats,
+                guarded=streaming,
+            )
             if call is None:
                 return None
             guard = StatusGuard(call) if streaming else None
             try:
                 response = await call
+                _end_attempt(span, grpc.StatusCode.OK)
             except grpc.aio.AioRpcError as raised:
                 error = raised if guard is None else await guard.resolve(call, raised)
                 if error is None:  # the upstream ended OK; grpc.aio lost its reply
+                    _end_attempt(span, grpc.StatusCode.OK)
                     self._internal(context, method, raised)
                     return None
+                _end_attempt(span, error.code(), error.details() or "")
                 initial = error.initial_metadata()
                 failure = _Failed(error, answered=bool(initial))
                 if (replay is None or replay.replayable) and await self._retry_wait(
                     upstream, attempt, failure, deadline
                 ):
                     continue
+                _raise_if_caller_gone(context)
                 if initial:
                     await context.send_initial_metadata(initial)
                 code, details = self._status_of(upstream, error, failure.answered)
@@ -713,9 +892,11 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
                 return None  # not reached: abort raises
             except asyncio.CancelledError:
                 call.cancel()
+                _end_attempt(span, grpc.StatusCode.CANCELLED, "cancelled by the caller")
                 raise
             except Exception as exc:
                 call.cancel()
+                _end_attempt(span, grpc.StatusCode.INTERNAL, repr(exc))
                 self._internal(context, method, exc)
                 return None
             initial = await call.initial_metadata()
@@ -727,6 +908,8 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
                 trailing = await guard.trailing_metadata(call)
             if trailing:
                 context.set_trailing_metadata(trailing)
+            if stats is not None:
+                stats.responses = 1
             return response  # type: ignore[no-any-return]
 
     # -- streamed response (unary-stream, stream-stream) ---------------------------------------
@@ -739,31 +922,49 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         kind: RpcKind,
         request: Any,
         context: grpc.aio.ServicerContext,
+        stats: _CallStats | None = None,
     ) -> None:
         if kind is RpcKind.UNARY_STREAM:
             request = await _single_request(context)
+            if stats is not None:
+                stats.requests = 1
         timeout = self._timeout(upstream, context)
         headers = self._headers(headers, context)
         multicallable = self._callable(upstream.channel, method, kind)
         streaming = kind is RpcKind.STREAM_STREAM
         replay = (
-            _RequestReplay(context, upstream.retry.max_buffer_bytes)
+            _RequestReplay(context, upstream.retry.max_buffer_bytes, stats)
             if streaming and upstream.retry is not None
             else None
         )
+        if streaming and replay is None and stats is not None:
+            request = _counted_requests(context, stats)
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         attempt = 0
         while True:
             attempt += 1
             if replay is not None:
                 request = replay.next_attempt()
-            call = self._start(multicallable, request, deadline, headers, upstream, context)
+            call, span = self._start(
+                multicallable,
+                request,
+                deadline,
+                headers,
+                upstream,
+                context,
+                method,
+                attempt,
+                stats,
+                guarded=streaming,
+            )
             if call is None:
                 return None
             try:
-                await self._relay(call, context, streaming)
+                await self._relay(call, context, streaming, stats)
+                _end_attempt(span, grpc.StatusCode.OK)
                 return
             except _Failed as failure:
+                _end_attempt(span, failure.error.code(), failure.error.details() or "")
                 if (replay is None or replay.replayable) and await self._retry_wait(
                     upstream, attempt, failure, deadline
                 ):
@@ -772,15 +973,18 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
                 trailing = error.trailing_metadata()
                 if trailing:
                     context.set_trailing_metadata(tuple(trailing))
+                _raise_if_caller_gone(context)
                 code, details = self._status_of(upstream, error, failure.answered)
                 context.set_code(code)
                 context.set_details(details)
                 return
             except asyncio.CancelledError:
                 call.cancel()
+                _end_attempt(span, grpc.StatusCode.CANCELLED, "cancelled by the caller")
                 raise
             except Exception as exc:
                 call.cancel()
+                _end_attempt(span, grpc.StatusCode.INTERNAL, repr(exc))
                 self._internal(context, method, exc)
                 return
 
@@ -792,28 +996,57 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
         headers: Metadata,
         upstream: Upstream,
         context: grpc.aio.ServicerContext,
-    ) -> Any:
-        """The upstream call of one attempt, or ``None`` (status set) when its channel is
-        closed: its cluster was retired by a reload and closed after the grace. Nothing was
-        sent, so the caller may safely retry, as gRPC's UNAVAILABLE says."""
+        method: str,
+        attempt: int,
+        stats: _CallStats | None,
+        guarded: bool = False,
+    ) -> tuple[Any, ClientAttempt | None]:
+        """The upstream call of attempt ``attempt`` (from 1), or ``None`` (status set) when its
+        channel is closed: its cluster was retired by a reload and closed after the grace.
+        Nothing was sent, so the caller may safely retry, as gRPC's UNAVAILABLE says.
+
+        With a tracer the attempt has its CLIENT span (returned too), which sends its
+        ``traceparent`` upstream and ends with the call's status: by itself when the call is
+        done, or, ``guarded`` (a streaming request, whose status a :class:`StatusGuard` must
+        read: grpc.aio may report a replacement first), by the caller with the status it
+        resolved."""
+        if stats is not None and attempt == 1:
+            stats.client_started = time.perf_counter()
+        span = None
+        if self._tracer is not None:
+            span = start_client_attempt(
+                self._tracer, method, None, attempt, headers, cluster=upstream.name
+            )
+            headers = span.headers
         try:
-            return multicallable(request, timeout=self._attempt_timeout(deadline), metadata=headers)
+            call = multicallable(request, timeout=self._attempt_timeout(deadline), metadata=headers)
         except grpc.aio.UsageError:
+            if span is not None:
+                span.end(grpc.StatusCode.UNAVAILABLE, "cluster replaced by a config reload")
             context.set_code(grpc.StatusCode.UNAVAILABLE)
             context.set_details(f"cluster {upstream.name}: replaced by a config reload")
-            return None
+            return None, None
+        if stats is not None:
+            stats.attempts = attempt
+        if span is not None and not guarded:
+            span.end_when_done(call)
+        return call, span
 
     @staticmethod
-    async def _relay(call: Any, context: grpc.aio.ServicerContext, streaming: bool) -> None:
+    async def _relay(
+        call: Any, context: grpc.aio.ServicerContext, streaming: bool, stats: _CallStats | None
+    ) -> None:
         """Relay headers, messages and trailers of ``call``; raise :class:`_Failed` on error.
 
         Nothing is sent downstream until the upstream has answered something (headers or a
         message), so a failure before that leaves the call retryable. ``streaming`` (the call
         has a streaming request) reads the final status through a :class:`StatusGuard`.
+        The messages relayed are added to ``stats`` once, at the end.
         """
         guard = StatusGuard(call) if streaming else None
         initial = await call.initial_metadata()
         answered = bool(initial)
+        relayed = 0
         try:
             if answered:
                 await context.send_initial_metadata(initial)
@@ -824,10 +1057,14 @@ class ProxyHandler(grpc.GenericRpcHandler):  # type: ignore[misc]
             async for message in call:
                 answered = True
                 await context.write(message)
+                relayed += 1
         except grpc.aio.AioRpcError as raised:
             error = raised if guard is None else await guard.resolve(call, raised)
             if error is not None:
                 raise _Failed(error, answered) from None
+        finally:
+            if stats is not None:
+                stats.responses += relayed
         if guard is None:
             trailing = tuple(await call.trailing_metadata())
         else:

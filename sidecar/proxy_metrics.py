@@ -13,6 +13,9 @@ Families (go-grpc-prometheus names, so dashboards for Go services work; two labe
 - ``meshkit_cluster_retries_total{cluster}``: attempts after the first;
 - ``meshkit_cluster_ejections_total{cluster}``: outlier-detection ejections.
 
+A cluster's retry and ejection series appear once non-zero, on both planes (Envoy's page leaves
+out the stats never written).
+
 ``grpc_server_*`` and ``grpc_client_*`` differ where the proxy itself ends a call: no route
 (UNIMPLEMENTED), no endpoint (UNAVAILABLE), auth refusals, and in latency (the client side
 leaves out the proxy's own time).
@@ -61,7 +64,9 @@ class _Ejections(Collector):
         family = CounterMetricFamily(EJECTIONS, EJECTIONS_HELP, labels=("cluster",))
         for name, channel in sorted(self._clusters().items()):
             core = getattr(channel, "core", channel)  # a BalancedChannel or its core
-            family.add_metric([name], float(getattr(core, "ejections_total", 0)))
+            ejections = float(getattr(core, "ejections_total", 0))
+            if ejections:  # as Envoy's page, which leaves out the stats never written
+                family.add_metric([name], ejections)
         yield family
 
 

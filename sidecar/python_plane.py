@@ -9,15 +9,14 @@ A reload builds the new clusters first (unchanged ones are kept), swaps the rout
 assignment, and closes the clusters no longer used after ``drain.grace_period``.
 
 Each listener stops on its own (the drain stops the inbound first, the outbound once the app is
-gone); its calls in flight are counted by a :class:`_CallTally` given to its proxy handler in
-place of (and forwarding to) the metrics. Each cluster's endpoints are logged, one line a
-cluster, when first resolved and on every change.
+gone), watching the calls in flight its proxy handler counts. Call metrics follow
+:mod:`sidecar.proxy_metrics`, as on the Envoy plane. Each cluster's endpoints are logged, one
+line a cluster, when first resolved and on every change.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import weakref
 from typing import Any
 
@@ -29,44 +28,12 @@ from sidecar.dataplane import ApplyError, CallCounts, DataPlane, Direction, Plan
 from sidecar.inbound import InboundListener
 from sidecar.lifecycle import ServerGroup, TaskSet
 from sidecar.outbound import OutboundListener
+from sidecar.proxy_metrics import ProxyMetrics
 from telemetry.clusters import ClusterCollector, clusters_snapshot
-from telemetry.metrics import GrpcMetrics
 
 __all__ = ["PythonDataPlane"]
 
 _LOG = logging.getLogger("meshkit.sidecar")
-
-
-class _CallTally:
-    """Counts a listener's calls in flight through the hooks its proxy handler calls around
-    every call (``start`` / ``done``, the :class:`~telemetry.metrics.GrpcMetrics` API), and
-    passes everything on to the real metrics, if any."""
-
-    def __init__(self, metrics: Any) -> None:
-        self._metrics = metrics
-        self.active = 0
-        self.started = 0
-
-    def start(self, method: str, *args: Any) -> float:
-        """A call began."""
-        self.active += 1
-        self.started += 1
-        if self._metrics is not None:
-            return float(self._metrics.start(method, *args))
-        return time.perf_counter()
-
-    def done(self, method: str, *args: Any) -> None:
-        """A call ended (whatever its status)."""
-        self.active -= 1
-        if self._metrics is not None:
-            self._metrics.done(method, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._metrics, name)
-
-    def counts(self) -> CallCounts:
-        """What the drain watches."""
-        return CallCounts(self.active, self.started)
 
 
 def _endpoints_text(cluster: Cluster) -> str:
@@ -87,16 +54,17 @@ class PythonDataPlane(DataPlane):
         self.clusters = ClusterSet({})
         self.outbound: OutboundListener | None = None
         self.inbound: InboundListener | None = None
-        self._metrics: GrpcMetrics | None = None
+        self._metrics: ProxyMetrics | None = None
         self._access_log: AccessLog | None = None
         self._closing = TaskSet()
         self._stopped: set[Direction] = set()
-        self._tallies: dict[Direction, _CallTally] = {}
         self._endpoints_logged: weakref.WeakKeyDictionary[Cluster, str] = (
             weakref.WeakKeyDictionary()
         )
         if config.telemetry.prometheus:
-            self._metrics = GrpcMetrics(context.registry, "server")
+            self._metrics = ProxyMetrics(
+                context.registry, clusters=lambda: self.clusters.channels()
+            )
             ClusterCollector(lambda: self.clusters.channels(), registry=context.registry)
 
     @property
@@ -113,7 +81,6 @@ class PythonDataPlane(DataPlane):
             raise StartError(f"clusters: {exc}") from None
         self._log_endpoints(self.clusters)
         tracer = self.context.tracer
-        self._tallies = {d: _CallTally(self._metrics) for d in ("outbound", "inbound")}
         access_log = config.telemetry.access_log
         if access_log.enabled:
             try:
@@ -124,18 +91,19 @@ class PythonDataPlane(DataPlane):
                 ) from None
         try:
             if config.outbound is not None:
-                router = build_router(config.outbound, self.clusters)
+                router = build_router(config.outbound, self.clusters, self.context.method_kinds)
                 self.outbound = OutboundListener(
                     config.outbound,
                     router,
-                    metrics=self._tallies["outbound"],
+                    metrics=self._metrics,
                     tracer=tracer,
                     access_log=self._access_log,
                 )
             if config.inbound is not None:
                 self.inbound = InboundListener(
                     config.inbound,
-                    metrics=self._tallies["inbound"],
+                    kinds=self.context.method_kinds,
+                    metrics=self._metrics,
                     tracer=tracer,
                     access_log=self._access_log,
                 )
@@ -179,7 +147,7 @@ class PythonDataPlane(DataPlane):
         except (OSError, ValueError) as exc:
             raise ApplyError(str(exc)) from None
         if self.outbound is not None and config.outbound is not None:
-            router = build_router(config.outbound, clusters)
+            router = build_router(config.outbound, clusters, self.context.method_kinds)
             self.clusters = clusters
             self.outbound.swap(router)  # from here on, new calls use the new routes
         else:
@@ -218,9 +186,12 @@ class PythonDataPlane(DataPlane):
         await self._server("outbound").stop(grace)
 
     async def call_counts(self, direction: Direction) -> CallCounts | None:
-        """Counted by the listener's :class:`_CallTally`."""
-        tally = self._tallies.get(direction)
-        return tally.counts() if tally is not None else CallCounts()
+        """Counted by the listener's proxy handler."""
+        listener = self.outbound if direction == "outbound" else self.inbound
+        if listener is None:
+            return CallCounts()
+        handler = listener.proxy
+        return CallCounts(handler.active, handler.started)
 
     async def close(self, *, forced: bool) -> None:
         """Stop the listeners if still running, close the app channel and every cluster."""

@@ -2,7 +2,9 @@
 
 Start-up, in order:
 
-1. resolvers for every cluster (:class:`~sidecar.envoy.endpoints.EndpointWatcher`);
+1. resolvers for every cluster (:class:`~sidecar.envoy.endpoints.EndpointWatcher`), and a
+   ``grpc.health.v1`` watch of each endpoint of a cluster with ``health_check``
+   (:class:`~sidecar.envoy.endpoint_health.EndpointHealth`: EDS health status);
 2. with ``inbound``: a loopback ``grpc.health.v1`` server reflecting the local app's health
    (:class:`sidecar.app_health.LocalHealth`), to which Envoy routes the inbound listener's
    health calls, so probes see what meshkit sees and the drain's NOT_SERVING;
@@ -57,6 +59,7 @@ from sidecar.dataplane import (
 from sidecar.envoy import protos
 from sidecar.envoy.admin_client import AdminError
 from sidecar.envoy.bootstrap import bootstrap
+from sidecar.envoy.endpoint_health import EndpointHealth
 from sidecar.envoy.endpoints import EndpointWatcher
 from sidecar.envoy.metrics import EnvoyCollector, meshkit_scope, read_clusters_view
 from sidecar.envoy.process import EnvoyProcess, EnvoyStartError
@@ -78,7 +81,8 @@ _LOG = logging.getLogger("meshkit.sidecar.envoy")
 
 #: The xDS node cluster of the sidecar's own Envoy (grpcio proxyless clients use other groups).
 NODE_CLUSTER = "meshkit-sidecar"
-#: ``outbound.routes[].kind`` -> the ``grpc_type`` label (telemetry.metrics' names).
+#: A kind (``outbound.routes[].kind``, or learned) -> the ``grpc_type`` label
+#: (telemetry.metrics' names).
 _GRPC_TYPES = {
     "unary_unary": "unary",
     "unary_stream": "server_stream",
@@ -203,6 +207,7 @@ class EnvoyDataPlane(DataPlane):
         self._xds = XdsServer(on_nack=self._on_nack)
         self._serializer = _Serializer()
         self._watcher = EndpointWatcher(self._endpoints_changed)
+        self._endpoint_health = EndpointHealth(self._endpoints_changed)
         self._envoy: EnvoyProcess | None = None
         self._health: AioHealthService | None = None
         self._health_server: grpc.aio.Server | None = None
@@ -232,14 +237,21 @@ class EnvoyDataPlane(DataPlane):
 
     def _grpc_type(self, method: str) -> str:
         """The ``grpc_type`` label of ``method``, as the Python plane gives it: its outbound
-        route's ``kind`` hint, ``bidi_stream`` when unhinted (the kind is not on the wire)."""
+        route's ``kind`` hint, else the kind learned for it (server reflection, descriptor
+        sets), else ``bidi_stream`` (the kind is not on the wire)."""
         outbound = self.config.outbound
-        if outbound is None:
-            return "bidi_stream"
-        if self._routes_of is not outbound:  # one router per config, not per sample
-            self._routes_of = outbound
-            self._kinds = Router([(r.prefix, r.kind) for r in outbound.routes])
-        return _GRPC_TYPES.get(self._kinds.match(method) or "", "bidi_stream")
+        kind: str | None = None
+        if outbound is not None:
+            if self._routes_of is not outbound:  # one router per config, not per sample
+                self._routes_of = outbound
+                self._kinds = Router([(r.prefix, r.kind) for r in outbound.routes])
+            kind = self._kinds.match(method)
+        learned = self.context.method_kinds
+        if kind is None and learned is not None:
+            kind = learned.kind(method)
+            if kind is None:
+                learned.miss(method)  # called since the last round: look again (rate-limited)
+        return _GRPC_TYPES.get(kind or "", "bidi_stream")
 
     def _admin_address(self) -> str | None:
         return self._envoy.admin_address if self._envoy is not None else None
@@ -268,7 +280,9 @@ class EnvoyDataPlane(DataPlane):
         document: dict[str, Any] = {}
         if admin is not None:
             envoy_view = read_clusters_view(
-                admin, clusters={cluster_name(n): c for n, c in self.config.clusters.items()}
+                admin,
+                clusters={cluster_name(n): c for n, c in self.config.clusters.items()},
+                health={cluster_name(n): v for n, v in self._endpoint_health.view().items()},
             )
             document = {names.get(k, k): v for k, v in envoy_view.items()}
         for name, cluster in self._watcher.clusters.items():
@@ -391,8 +405,12 @@ class EnvoyDataPlane(DataPlane):
         return addresses
 
     def _inputs(self) -> PlaneInputs:
+        endpoints = self._watcher.endpoints()
+        # The health watches follow every snapshot: endpoint changes, reloads, rotated files.
+        self._endpoint_health.follow(self.config.clusters, endpoints, self._files)
         return PlaneInputs(
-            endpoints=self._watcher.endpoints(),
+            endpoints=endpoints,
+            endpoint_health=self._endpoint_health.statuses(),
             health_address=self._health_address,
             files=self._files,
             tokens=self._tokens,
@@ -543,5 +561,6 @@ class EnvoyDataPlane(DataPlane):
             await self._health_server.stop(None)
         if self._app_channel is not None:
             await self._app_channel.close(None)
+        await self._endpoint_health.close()
         await self._watcher.close()
         shutil.rmtree(self._dir, ignore_errors=True)

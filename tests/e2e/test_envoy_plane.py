@@ -494,10 +494,14 @@ async def test_a_traced_call_gets_a_sidecar_span_and_carries_the_trace_upstream(
     assert (version, upstream_trace, flags) == ("00", trace_id, "01")
 
     # Envoy flushes spans every 5 s, the Python plane's batch processor as often
-    span = await otlp.wait_for_span(lambda s: s.trace_id == trace_id, timeout=12)
+    span = await otlp.wait_for_span(lambda s: s.trace_id == trace_id and s.kind == 2, timeout=12)
     print(
         f"\n[{sidecars.plane}] span {span.name!r}, kind {span.kind}, attributes {span.attributes}"
     )
     assert span.service_name == "meshkit-sidecar"
-    assert span.parent_span_id == client_span  # a child of the caller's span
-    assert span.span_id == upstream_parent  # and the parent of the upstream's
+    assert span.parent_span_id == client_span  # the SERVER span: a child of the caller's span
+    # the upstream's parent is the CLIENT span of the attempt, a child of the SERVER span
+    attempt = await otlp.wait_for_span(lambda s: s.span_id == upstream_parent, timeout=12)
+    assert attempt.kind == 3  # CLIENT
+    assert attempt.trace_id == trace_id
+    assert attempt.parent_span_id == span.span_id

@@ -253,3 +253,39 @@ def test_validate_prints_the_effective_otel_settings(tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode != 0
     assert "telemetry.tracing.sample_ratio: $OTEL_TRACES_SAMPLER_ARG" in result.stderr
+
+
+async def test_otel_metrics_export_the_rpc_metrics_over_otlp(
+    sidecars: Sidecars, echo: EchoServer, otlp: OtlpReceiver
+) -> None:
+    config = outbound_config(static(echo))
+    config["telemetry"] = {
+        "otel_metrics": {"otlp_endpoint": f"http://{otlp.address}", "interval": "1s"},
+        "tracing": {"service_name": "metrics-sidecar"},
+    }
+    sidecar = await sidecars.start(config)
+    async with grpc.aio.insecure_channel(sidecar.outbound) as channel:
+        for i in range(3):
+            await EchoStub(channel).Unary(EchoRequest(message=f"m{i}"), timeout=10)
+
+    def three_calls(metric: Any) -> bool:
+        if metric.name != "rpc.server.call.duration" or metric.service_name != "metrics-sidecar":
+            return False
+        points = metric.metric.histogram.data_points
+        return sum(p.count for p in points) >= 3
+
+    found = await otlp.wait_for_metric(three_calls, timeout=SPAN_WAIT)
+    assert found.unit == "s"
+    attributes = {
+        kv.key: kv.value.string_value
+        for p in found.metric.histogram.data_points
+        for kv in p.attributes
+    }
+    assert attributes.get("rpc.system.name") == "grpc"
+    assert attributes.get("rpc.method") == "meshkit.test.Echo/Unary"
+    assert attributes.get("meshkit.direction") == "outbound"
+    assert attributes.get("meshkit.cluster") == "backend"
+    client = await otlp.wait_for_metric(
+        lambda m: m.name == "rpc.client.call.duration", timeout=SPAN_WAIT
+    )
+    assert client.service_name == "metrics-sidecar"
