@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from balancers._subchannel import STREAM_STREAM, STREAM_UNARY, UNARY_STREAM, UNARY_UNARY
+from telemetry.rpc_kind import RpcKind
 
 
 class ChannelMethods:
     """Mixin: ``unary_unary`` & co. build ``_multicallable_types[kind]`` objects.
 
-    A channel sets ``_multicallable_types`` (one class per call type, indexed by kind) and
+    A channel sets ``_multicallable_types`` (one class per call type, keyed by kind) and
     ``_multicallable_owner`` (what those classes are built around).
     """
 
-    _multicallable_types: tuple[type, type, type, type]
+    _multicallable_types: Mapping[RpcKind, type]
     _multicallable_owner: Any
 
     def _new_multicallable(
-        self, kind: int, method: str, ser: Any, deser: Any, registered: bool | None
+        self, kind: RpcKind, method: str, ser: Any, deser: Any, registered: bool | None
     ) -> Any:
         cls = self._multicallable_types[kind]
         return cls(self._multicallable_owner, kind, method, ser, deser, bool(registered))
@@ -32,7 +33,11 @@ class ChannelMethods:
     ) -> Any:
         """A unary-unary multicallable for ``method`` (generated stubs call this)."""
         return self._new_multicallable(
-            UNARY_UNARY, method, request_serializer, response_deserializer, _registered_method
+            RpcKind.UNARY_UNARY,
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
     def unary_stream(
@@ -44,7 +49,11 @@ class ChannelMethods:
     ) -> Any:
         """A unary-stream multicallable for ``method``."""
         return self._new_multicallable(
-            UNARY_STREAM, method, request_serializer, response_deserializer, _registered_method
+            RpcKind.UNARY_STREAM,
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
     def stream_unary(
@@ -56,7 +65,11 @@ class ChannelMethods:
     ) -> Any:
         """A stream-unary multicallable for ``method``."""
         return self._new_multicallable(
-            STREAM_UNARY, method, request_serializer, response_deserializer, _registered_method
+            RpcKind.STREAM_UNARY,
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )
 
     def stream_stream(
@@ -68,5 +81,9 @@ class ChannelMethods:
     ) -> Any:
         """A stream-stream multicallable for ``method``."""
         return self._new_multicallable(
-            STREAM_STREAM, method, request_serializer, response_deserializer, _registered_method
+            RpcKind.STREAM_STREAM,
+            method,
+            request_serializer,
+            response_deserializer,
+            _registered_method,
         )

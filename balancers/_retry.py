@@ -1,47 +1,57 @@
-"""Retry policy of the balanced channels (gRFC A6 semantics, client side only).
+"""Retry policy of the balanced channels and of the sidecar's relay (gRFC A6 semantics).
 
-Only calls with a single request message (unary-unary, unary-stream) are retried; calls with
-a request stream pass through with one attempt. An attempt is retried only when it failed
-with one of ``retryable_codes`` before the server answered anything (no response headers, no
-response message), and each retry picks again, so it usually lands on another endpoint.
+The sidecar's ``retry`` config section builds one (``RetryConfig.policy()``), so the channel,
+the config and every data plane share these bounds. On a balanced channel only calls with a
+single request message (unary-unary, unary-stream) are retried; calls with a request stream
+pass through with one attempt. An attempt is retried only when it failed with one of
+``retryable_codes`` before the server answered anything (no response headers, no response
+message), and each retry picks again, so it usually lands on another endpoint.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 
 import grpc
-
-MIN_ATTEMPTS = 2
-MAX_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """When and how often a balanced channel retries a failed attempt.
+    """When and how often a balanced channel or the sidecar's relay retries a failed attempt.
 
     ``max_attempts`` counts the first attempt (2..5, as gRPC caps it). Before retry ``n``
     (1 for the second attempt) the call sleeps a uniform random time in
     ``[0, min(max_backoff, initial_backoff * backoff_multiplier**(n-1))]`` (full jitter).
     Retries never run past the call's deadline: each attempt gets the remaining time, and a
     backoff that would end after the deadline fails the call with DEADLINE_EXCEEDED.
+
+    ``max_buffer_bytes`` caps the copy of a request stream the sidecar's relay keeps for
+    replay (a client-streaming call longer than that is not retried); balanced channels never
+    retry request streams, so they do not read it.
     """
+
+    MIN_ATTEMPTS: ClassVar[int] = 2
+    MAX_ATTEMPTS: ClassVar[int] = 5
+    #: 100 is already absurd; far larger overflows the backoff arithmetic.
+    MAX_MULTIPLIER: ClassVar[float] = 100.0
 
     max_attempts: int = 3
     retryable_codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
     initial_backoff: float = 0.05
     max_backoff: float = 1.0
     backoff_multiplier: float = 2.0
+    max_buffer_bytes: int = 256 * 1024
 
     def __post_init__(self) -> None:
         """Validate; every error names the field."""
         attempts = self.max_attempts
         if isinstance(attempts, bool) or not isinstance(attempts, int):
             raise ValueError(f"max_attempts: must be an int, got {attempts!r}")
-        if not MIN_ATTEMPTS <= attempts <= MAX_ATTEMPTS:
+        if not self.MIN_ATTEMPTS <= attempts <= self.MAX_ATTEMPTS:
             raise ValueError(
-                f"max_attempts: must be in {MIN_ATTEMPTS}..{MAX_ATTEMPTS}, got {attempts}"
+                f"max_attempts: must be in {self.MIN_ATTEMPTS}..{self.MAX_ATTEMPTS}, got {attempts}"
             )
         codes = frozenset(self.retryable_codes)
         if not codes:
@@ -63,8 +73,14 @@ class RetryPolicy:
                 f"max_backoff: must be >= initial_backoff ({self.initial_backoff}), "
                 f"got {self.max_backoff}"
             )
-        if self.backoff_multiplier < 1:
-            raise ValueError(f"backoff_multiplier: must be >= 1, got {self.backoff_multiplier}")
+        if not 0 < self.backoff_multiplier <= self.MAX_MULTIPLIER:
+            raise ValueError(
+                f"backoff_multiplier: must be in (0, {self.MAX_MULTIPLIER:g}], "
+                f"got {self.backoff_multiplier}"
+            )
+        size = self.max_buffer_bytes
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"max_buffer_bytes: must be an int >= 0, got {size!r}")
 
     def backoff_ceiling(self, retry: int) -> float:
         """The longest backoff before retry number ``retry`` (1 for the second attempt)."""

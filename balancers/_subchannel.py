@@ -31,17 +31,12 @@ from balancers._base import (
     SubchannelState,
 )
 from resolvers import Address
+from telemetry.rpc_kind import RpcKind
 
 log = logging.getLogger("meshkit.balancers")
 
 StateListener = Callable[["EndpointSubchannel", SubchannelState], None]
 DoneHook = Callable[["EndpointSubchannel", grpc.StatusCode], None]
-
-# Multicallable kinds, used as cache keys.
-UNARY_UNARY = 0
-UNARY_STREAM = 1
-STREAM_UNARY = 2
-STREAM_STREAM = 3
 
 
 def grpc_target(address: Address) -> str:
@@ -131,17 +126,14 @@ class EndpointSubchannel:
             self._ejected = ejected
             self._publish()
 
-    def multicallable(self, kind: int, method: str, ser: Any, deser: Any, registered: bool) -> Any:
+    def multicallable(
+        self, kind: RpcKind, method: str, ser: Any, deser: Any, registered: bool
+    ) -> Any:
         """The grpcio multicallable for this method on this endpoint (cached)."""
         key = (kind, method, ser, deser, registered)
         found = self._callables.get(key)
         if found is None:
-            factory = (
-                self.channel.unary_unary,
-                self.channel.unary_stream,
-                self.channel.stream_unary,
-                self.channel.stream_stream,
-            )[kind]
+            factory = getattr(self.channel, kind.value)  # grpcio's method of that name
             found = factory(method, ser, deser, _registered_method=registered)
             self._callables[key] = found
         return found

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -34,6 +34,7 @@ from balancers._subchannel import (
     grpc_target,
 )
 from resolvers import Address
+from telemetry.rpc_kind import RpcKind
 
 log = logging.getLogger("meshkit.balancers")
 
@@ -119,7 +120,7 @@ class _SyncMultiCallable:
     def __init__(
         self,
         owner: BalancedChannel,
-        kind: int,
+        kind: RpcKind,
         method: str,
         ser: Any,
         deser: Any,
@@ -462,7 +463,12 @@ class BalancedChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
     for an endpoint when the channel closes fails with CANCELLED.
     """
 
-    _multicallable_types = (_SyncUnaryUnary, _SyncUnaryStream, _SyncStreamUnary, _SyncStreamStream)
+    _multicallable_types: Mapping[RpcKind, type] = {
+        RpcKind.UNARY_UNARY: _SyncUnaryUnary,
+        RpcKind.UNARY_STREAM: _SyncUnaryStream,
+        RpcKind.STREAM_UNARY: _SyncStreamUnary,
+        RpcKind.STREAM_STREAM: _SyncStreamStream,
+    }
 
     def __init__(
         self,
@@ -487,12 +493,11 @@ class BalancedChannel(ChannelMethods, grpc.Channel):  # type: ignore[misc]
         self._closed = False
         self._multicallable_owner = self
         if settings.retry is not None:  # request-streaming calls are never retried
-            self._multicallable_types = (
-                _SyncRetryingUnaryUnary,
-                _SyncRetryingUnaryStream,
-                _SyncStreamUnary,
-                _SyncStreamStream,
-            )
+            self._multicallable_types = {
+                **self._multicallable_types,
+                RpcKind.UNARY_UNARY: _SyncRetryingUnaryUnary,
+                RpcKind.UNARY_STREAM: _SyncRetryingUnaryStream,
+            }
         try:
             self._core = ChannelCore(target, self._make_subchannel, settings)
             self._core.add_state_watcher(self._deliver)

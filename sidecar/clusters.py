@@ -10,9 +10,10 @@ the default deadline is per route; routes to one cluster share its channel). A r
 learns over, built as the cluster's own.
 
 A :class:`ClusterSet` is immutable once built; a reload builds a new one with
-:meth:`ClusterSet.rebuilt`, which keeps the running clusters whose config did not change (their
-connections and balancing state survive the reload) and builds the others, then the caller
-swaps routers and closes what the old set no longer shares (:meth:`ClusterSet.retire`).
+:meth:`ClusterSet.build` (``reuse=`` the running set), which keeps the running clusters whose
+config did not change (their connections and balancing state survive the reload) and builds the
+others, then the caller swaps routers and closes what the old set no longer shares
+(:meth:`ClusterSet.retired_by`).
 """
 
 from __future__ import annotations
@@ -30,31 +31,18 @@ import health
 import resolvers
 from sidecar import proxy
 from sidecar.config import ClusterConfig, OutboundConfig, Route
-from sidecar.config import RetryPolicy as RetryConfig
 from sidecar.method_kinds import ChannelFactory, MethodKinds
 from sidecar.routing import Router
 from sidecar.tls import ClientTlsFiles
+from telemetry.rpc_kind import RpcKind
 
-__all__ = ["Cluster", "ClusterSet", "build_router", "channel_factory", "retry_policy"]
+__all__ = ["Cluster", "ClusterSet", "build_router", "channel_factory"]
 
 _LOG = logging.getLogger(__name__)
 
 # Upper bound of grpc's reconnect backoff toward an endpoint (its default is 120 s): a sidecar
 # should notice a restarted pod within seconds, and the balancer spreads calls meanwhile.
 _MAX_RECONNECT_BACKOFF_MS = 10_000
-
-
-def retry_policy(config: RetryConfig | None) -> proxy.RetryPolicy | None:
-    """The forwarding core's retry policy for a cluster's ``retry`` section."""
-    if config is None:
-        return None
-    return proxy.RetryPolicy(
-        max_attempts=config.max_attempts,
-        retryable_codes=config.codes,
-        initial_backoff=float(config.initial_backoff),
-        max_backoff=float(config.max_backoff),
-        backoff_multiplier=config.backoff_multiplier,
-    )
 
 
 def _outlier(config: ClusterConfig) -> health.OutlierConfig | None:
@@ -254,8 +242,8 @@ def _upstream(route: Route, cluster: Cluster, kinds: MethodKinds | None) -> prox
         cluster.name,
         cluster.channel,
         timeout=None if timeout is None else float(timeout),
-        retry=retry_policy(cluster.config.retry),
-        default_kind=proxy.RpcKind(route.kind) if route.kind is not None else None,
+        retry=None if cluster.config.retry is None else cluster.config.retry.policy(),
+        default_kind=RpcKind(route.kind) if route.kind is not None else None,
         learned=kinds,
     )
 

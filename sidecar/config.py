@@ -70,6 +70,7 @@ import grpc
 
 import balancers
 import resolvers
+from balancers import RetryPolicy
 from sidecar import _config_parse as _parse
 from sidecar import authz
 from sidecar._config_parse import CONFIG_PATH_VARIABLE, ENV_PREFIX
@@ -87,6 +88,7 @@ from sidecar._config_values import (
 )
 from sidecar.routing import Router, shadowed_routes
 from telemetry import otlp
+from telemetry.rpc_kind import RpcKind
 
 __all__ = [
     "CONFIG_PATH_VARIABLE",
@@ -117,7 +119,7 @@ __all__ = [
     "OutboundConfig",
     "OutlierDetectionConfig",
     "ResolverConfig",
-    "RetryPolicy",
+    "RetryConfig",
     "Route",
     "ServerKeepaliveConfig",
     "SidecarConfig",
@@ -138,8 +140,17 @@ MAX_COUNT = 2**31 - 1
 _STATUS_NAMES = frozenset(code.name for code in grpc.StatusCode) - {"OK"}
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _CLUSTER_NAME = re.compile(r"^[a-z0-9_.-]+$")
-#: Values of ``outbound.routes[].kind`` (the names of :class:`sidecar.proxy.RpcKind`).
-RPC_KINDS = ("stream_stream", "unary_unary", "unary_stream", "stream_unary")
+#: Values of ``outbound.routes[].kind``: the :class:`telemetry.rpc_kind.RpcKind` values, the
+#: one correct for every method first.
+RPC_KINDS: tuple[str, ...] = tuple(
+    kind.value
+    for kind in (
+        RpcKind.STREAM_STREAM,
+        RpcKind.UNARY_UNARY,
+        RpcKind.UNARY_STREAM,
+        RpcKind.STREAM_UNARY,
+    )
+)
 _ROUTE_PREFIX = re.compile(r"^/(?:[^/\s]+/(?:[^/\s]+)?)?$")
 _METADATA_KEY = re.compile(r"^[a-z0-9_.-]+$")
 _MAX_STREAMS = 2**31 - 1
@@ -555,23 +566,25 @@ class OutlierDetectionConfig(_Checked):
 
 
 @dataclass(frozen=True)
-class RetryPolicy(_Checked):
+class RetryConfig(_Checked):
     """Retries as in gRPC's retry policy: up to ``max_attempts`` in all (the first included),
-    only for ``retryable_status_codes``, with jittered exponential backoff."""
+    only for ``retryable_status_codes``, with jittered exponential backoff. :meth:`policy`
+    gives the ``balancers.RetryPolicy`` every data plane applies."""
 
     max_attempts: int = 3
     retryable_status_codes: tuple[str, ...] = ("UNAVAILABLE",)
     initial_backoff: Duration = field(default=Duration(0.05))
     max_backoff: Duration = field(default=Duration(1))
-    # 100 is already absurd; far larger overflows the backoff arithmetic.
-    backoff_multiplier: float = field(default=2.0, metadata={"max": 100.0})
+    backoff_multiplier: float = field(default=2.0, metadata={"max": RetryPolicy.MAX_MULTIPLIER})
 
     def _normalize(self) -> None:
         codes = tuple(str(c).upper() for c in self.retryable_status_codes)
         self._set("retryable_status_codes", codes)
 
     def _problems(self) -> Iterator[FieldError]:
-        yield from _range("max_attempts", self.max_attempts, 2, 5)
+        yield from _range(
+            "max_attempts", self.max_attempts, RetryPolicy.MIN_ATTEMPTS, RetryPolicy.MAX_ATTEMPTS
+        )
         yield from _status_codes("retryable_status_codes", self.retryable_status_codes)
         yield from _positive("initial_backoff", self.initial_backoff)
         if self.max_backoff < self.initial_backoff:
@@ -582,15 +595,17 @@ class RetryPolicy(_Checked):
             )
         yield from _positive("backoff_multiplier", self.backoff_multiplier)
 
-    @property
-    def codes(self) -> frozenset[Any]:
-        """``retryable_status_codes`` as ``grpc.StatusCode`` members."""
-        return frozenset(grpc.StatusCode[name] for name in self.retryable_status_codes)
-
-    def backoff_ceiling(self, retry: int) -> float:
-        """Upper bound of the random delay before retry number ``retry`` (1-based), seconds."""
-        ceiling = self.initial_backoff * self.backoff_multiplier ** (max(retry, 1) - 1)
-        return min(ceiling, float(self.max_backoff))
+    def policy(self) -> RetryPolicy:
+        """This section as the ``balancers.RetryPolicy`` the data planes apply."""
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            retryable_codes=frozenset(
+                grpc.StatusCode[name] for name in self.retryable_status_codes
+            ),
+            initial_backoff=float(self.initial_backoff),
+            max_backoff=float(self.max_backoff),
+            backoff_multiplier=self.backoff_multiplier,
+        )
 
 
 @dataclass(frozen=True)
@@ -642,7 +657,7 @@ class ClusterConfig(_Checked):
     lb_config: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
     health_check: HealthCheckConfig | None = None
     outlier_detection: OutlierDetectionConfig | None = None
-    retry: RetryPolicy | None = None
+    retry: RetryConfig | None = None
     timeout: Duration | None = None
     connect_timeout: Duration = field(default=Duration(5))
     keepalive: KeepaliveConfig = KeepaliveConfig()

@@ -32,8 +32,8 @@ from sidecar.app_health import AppHealth, LocalHealth
 from sidecar.auth import MISSING_TOKEN, TokenAuth
 from sidecar.authz import AuthorizingHandler, IdentityPolicy
 from sidecar.config import AuthConfig, InboundConfig, InboundTlsConfig
+from sidecar.listeners import bind, listener_options
 from sidecar.method_kinds import MethodKinds
-from sidecar.outbound import bind, listener_options
 from sidecar.proxy_metrics import INBOUND, ProxyMetrics
 from sidecar.tls import ServerTlsFiles
 

@@ -33,8 +33,9 @@ from google.protobuf import descriptor_pb2  # type: ignore[import-untyped]
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from grpc_reflection.v1alpha import reflection_pb2
 
+from telemetry.rpc_kind import RpcKind
+
 __all__ = [
-    "KINDS",
     "MAX_DESCRIPTOR_SET_BYTES",
     "REFLECTION_METHODS",
     "ChannelFactory",
@@ -48,8 +49,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-#: The kind names, as :class:`sidecar.proxy.RpcKind` and route ``kind`` hints spell them.
-KINDS: Final = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 #: The reflection services' stream methods, the newest first.
 REFLECTION_METHODS: Final = (
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
@@ -61,23 +60,19 @@ _REFLECTION_SERVICES: Final = frozenset(m.split("/")[1] for m in REFLECTION_METH
 _NOT_OFFERED: Final = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL})
 
 
-def _kind(client_streaming: bool, server_streaming: bool) -> str:
-    return KINDS[2 * client_streaming + server_streaming]
-
-
-def kinds_from_files(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> dict[str, str]:
-    """``/pkg.Service/Method`` -> kind name for every method of every service in ``files``."""
-    out: dict[str, str] = {}
+def kinds_from_files(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> dict[str, RpcKind]:
+    """``/pkg.Service/Method`` -> ``RpcKind`` for every method of every service in ``files``."""
+    out: dict[str, RpcKind] = {}
     for file in files:
         prefix = f"{file.package}." if file.package else ""
         for service in file.service:
             for method in service.method:
                 path = f"/{prefix}{service.name}/{method.name}"
-                out[path] = _kind(method.client_streaming, method.server_streaming)
+                out[path] = RpcKind.of(method.client_streaming, method.server_streaming)
     return out
 
 
-def kinds_from_descriptor_set(data: bytes) -> dict[str, str]:
+def kinds_from_descriptor_set(data: bytes) -> dict[str, RpcKind]:
     """The kinds of a serialized ``FileDescriptorSet``; ``ValueError`` if it is not one."""
     descriptor_set = descriptor_pb2.FileDescriptorSet()
     try:
@@ -89,7 +84,7 @@ def kinds_from_descriptor_set(data: bytes) -> dict[str, str]:
     return kinds_from_files(descriptor_set.file)
 
 
-def read_descriptor_set(path: str) -> dict[str, str]:
+def read_descriptor_set(path: str) -> dict[str, RpcKind]:
     """:func:`kinds_from_descriptor_set` of the file at ``path``, at most
     :data:`MAX_DESCRIPTOR_SET_BYTES`; ``ValueError`` naming the problem otherwise."""
     try:
@@ -120,7 +115,7 @@ class _Budget:
 
 async def _exchange(
     channel: grpc.aio.Channel, method: str, budget: _Budget, timeout: float
-) -> dict[str, str]:
+) -> dict[str, RpcKind]:
     """One reflection stream: list the services, then ask for each one's file."""
     # wait_for_ready: a server starting up (the app next to the sidecar, a cluster's channel
     # still resolving) is asked once it accepts, within ``timeout``, not failed at once.
@@ -141,7 +136,7 @@ async def _exchange(
         names = [n for n in names if n not in _REFLECTION_SERVICES]
         if len(names) > budget.services:
             raise ValueError(f"{len(names)} services, more than {budget.services}")
-        out: dict[str, str] = {}
+        out: dict[str, RpcKind] = {}
         seen: set[bytes] = set()
         for name in names:
             if any(path.startswith(f"/{name}/") for path in out):
@@ -173,7 +168,7 @@ async def reflect(
     timeout: float = 5.0,
     max_services: int = 512,
     max_bytes: int = 8 * 1024 * 1024,
-) -> dict[str, str]:
+) -> dict[str, RpcKind]:
     """The kinds of every method the server behind ``channel`` offers over server reflection
     (v1, else v1alpha); ``{}`` when it offers neither or fails (logged at debug level)."""
     budget = _Budget(max_services, max_bytes)
@@ -199,12 +194,17 @@ async def reflect(
     return {}
 
 
-def merged(tables: Iterable[Mapping[str, str]]) -> dict[str, str]:
+def merged(tables: Iterable[Mapping[str, RpcKind]]) -> dict[str, RpcKind]:
     """One table from several, the earlier ones winning."""
-    out: dict[str, str] = {}
+    out: dict[str, RpcKind] = {}
     for table in reversed(list(tables)):
         out.update(table)
     return out
+
+
+def _kinds(table: Mapping[str, str]) -> Mapping[str, RpcKind]:
+    """A read-only copy of ``table`` with its kind names (``"unary_unary"``...) as ``RpcKind``."""
+    return types.MappingProxyType({path: RpcKind(kind) for path, kind in table.items()})
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -221,7 +221,7 @@ ChannelFactory = Callable[[], "grpc.aio.Channel"]
 class MethodKinds:
     """The kinds the sidecar knows, from descriptor sets and its servers' reflection.
 
-    ``table`` is an immutable snapshot (``/pkg.Svc/M`` -> kind name), replaced whole when
+    ``table`` is an immutable snapshot (``/pkg.Svc/M`` -> ``RpcKind``), replaced whole when
     something new is learned, so readers on any thread take it without a lock. Descriptor
     sets win over reflection (the operator's file is the statement of intent). ``learn``
     asks every source given to :meth:`set_sources` once, concurrently; :meth:`run` repeats
@@ -234,10 +234,10 @@ class MethodKinds:
         files: Mapping[str, str] | None = None,
         refresh: float = 300.0,
         timeout: float = 5.0,
-        on_change: Callable[[Mapping[str, str]], None] | None = None,
+        on_change: Callable[[Mapping[str, RpcKind]], None] | None = None,
     ) -> None:
-        self._files: Mapping[str, str] = types.MappingProxyType(dict(files or {}))
-        self._learned: dict[str, Mapping[str, str]] = {}
+        self._files: Mapping[str, RpcKind] = _kinds(files or {})
+        self._learned: dict[str, Mapping[str, RpcKind]] = {}
         self._sources: dict[str, ChannelFactory] = {}
         self.refresh = refresh
         self.timeout = timeout
@@ -245,13 +245,13 @@ class MethodKinds:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_miss = -math.inf
-        self.table: Mapping[str, str] = self._files
+        self.table: Mapping[str, RpcKind] = self._files
         self.rounds = 0
         """Learning rounds completed."""
 
     def set_files(self, files: Mapping[str, str]) -> None:
         """New descriptor-set kinds (a reload)."""
-        self._files = types.MappingProxyType(dict(files))
+        self._files = _kinds(files)
         self._publish()
 
     def set_sources(self, sources: Mapping[str, ChannelFactory]) -> None:
@@ -263,7 +263,7 @@ class MethodKinds:
         self._publish()
         self._wake.set()
 
-    def kind(self, method: str) -> str | None:
+    def kind(self, method: str) -> RpcKind | None:
         """The kind of ``method``, ``None`` when no source knows it."""
         return self.table.get(method)
 
@@ -300,7 +300,7 @@ class MethodKinds:
         """Whether a new round has been asked for (a miss, new sources) and not begun."""
         return self._wake.is_set()
 
-    async def _ask(self, factory: ChannelFactory) -> dict[str, str]:
+    async def _ask(self, factory: ChannelFactory) -> dict[str, RpcKind]:
         channel = factory()
         try:
             return await reflect(channel, timeout=self.timeout)

@@ -37,7 +37,8 @@ _POLL = 0.2
 
 
 class Workers:
-    """``count`` worker processes for ``config_path``, kept running until :meth:`stop`."""
+    """``count`` worker processes for ``config_path``, kept running until :meth:`signal` sends
+    ``SIGTERM``."""
 
     def __init__(self, config_path: str, count: int) -> None:
         self._path = config_path

@@ -3,6 +3,8 @@
 - :class:`GrpcMetrics` — go-grpc-prometheus style RPC metrics with a direct ``start``/``done``
   API for raw proxies; :class:`ClusterCollector` / :func:`clusters_snapshot` — endpoint
   states and picks of balanced channels, read at scrape time (register it for your channels).
+- :class:`RpcKind` — the four call kinds (``RpcKind.UNARY_STREAM``...), the one type every
+  meshkit package uses; ``kind.grpc_type`` is its ``grpc_type`` label (:data:`GrpcType`).
 - :func:`client_interceptors` / :func:`server_interceptor` (``grpc`` channels and servers) and
   their ``grpc.aio`` twins of the same names in :mod:`telemetry.aio` — interceptors built per
   channel/server (grpc is never patched process-wide), with filters
@@ -36,11 +38,12 @@ from telemetry.metrics import (
     SERVER_STREAM,
     UNARY,
     GrpcMetrics,
-    RpcKind,
+    GrpcType,
     Side,
     code_label,
     split_method,
 )
+from telemetry.rpc_kind import RpcKind
 from telemetry.tracing import extract_context, inject_context, tracer_provider_from_settings
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "ClusterCollector",
     "Filter",
     "GrpcMetrics",
+    "GrpcType",
     "RpcKind",
     "Side",
     "aio",

@@ -35,14 +35,8 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, TracerProvider
 
-from telemetry.metrics import (
-    BIDI_STREAM,
-    CLIENT_STREAM,
-    SERVER_STREAM,
-    UNARY,
-    GrpcMetrics,
-    RpcKind,
-)
+from telemetry.metrics import GrpcMetrics
+from telemetry.rpc_kind import RpcKind
 from telemetry.tracing import (
     end_rpc_span,
     extract_context,
@@ -114,12 +108,9 @@ _HANDLER_FACTORY: Final[dict[tuple[bool, bool], Callable[..., Any]]] = {
     (True, True): grpc.stream_stream_rpc_method_handler,
 }
 
-# (request_streaming, response_streaming) -> grpc_type
+# (request_streaming, response_streaming) -> kind
 _KIND_OF: Final[dict[tuple[bool, bool], RpcKind]] = {
-    (False, False): UNARY,
-    (False, True): SERVER_STREAM,
-    (True, False): CLIENT_STREAM,
-    (True, True): BIDI_STREAM,
+    (req, resp): RpcKind.of(req, resp) for req in (False, True) for resp in (False, True)
 }
 
 
@@ -316,7 +307,7 @@ def _count_requests(rpc: _Rpc, requests: Any) -> Any:
 
 class _AioUnaryUnary(_AioClientBase, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        rpc, details = self._begin(details, UNARY)
+        rpc, details = self._begin(details, RpcKind.UNARY_UNARY)
         if rpc is None:
             return await continuation(details, request)
         rpc.sent()
@@ -325,7 +316,7 @@ class _AioUnaryUnary(_AioClientBase, grpc.aio.UnaryUnaryClientInterceptor):  # t
 
 class _AioUnaryStream(_AioClientBase, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        rpc, details = self._begin(details, SERVER_STREAM)
+        rpc, details = self._begin(details, RpcKind.UNARY_STREAM)
         if rpc is None:
             return await continuation(details, request)
         rpc.sent()
@@ -340,7 +331,7 @@ class _AioStreamUnary(_AioClientBase, grpc.aio.StreamUnaryClientInterceptor):  #
     async def intercept_stream_unary(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
-        rpc, details = self._begin(details, CLIENT_STREAM)
+        rpc, details = self._begin(details, RpcKind.STREAM_UNARY)
         if rpc is None:
             return await continuation(details, request_iterator)
         requests = _count_requests(rpc, request_iterator) if rpc.metrics else request_iterator
@@ -353,7 +344,7 @@ class _AioStreamStream(_AioClientBase, grpc.aio.StreamStreamClientInterceptor): 
     async def intercept_stream_stream(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
-        rpc, details = self._begin(details, BIDI_STREAM)
+        rpc, details = self._begin(details, RpcKind.STREAM_STREAM)
         if rpc is None:
             return await continuation(details, request_iterator)
         requests = _count_requests(rpc, request_iterator) if rpc.metrics else request_iterator
@@ -434,8 +425,8 @@ class _SyncClientInterceptor(
         self._inst = inst
 
     def _intercept(self, continuation: Any, details: Any, request: Any, kind: RpcKind) -> Any:
-        request_streaming = kind in (CLIENT_STREAM, BIDI_STREAM)
-        unary_response = kind in (UNARY, CLIENT_STREAM)
+        request_streaming = kind.request_streaming
+        unary_response = not kind.response_streaming
         rpc, pairs = _begin_client_rpc(self._inst, details, kind)
         if rpc is None:
             return continuation(details, request)
@@ -455,16 +446,16 @@ class _SyncClientInterceptor(
         return _CountingCall(call, rpc.received)
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return self._intercept(continuation, details, request, UNARY)
+        return self._intercept(continuation, details, request, RpcKind.UNARY_UNARY)
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return self._intercept(continuation, details, request, SERVER_STREAM)
+        return self._intercept(continuation, details, request, RpcKind.UNARY_STREAM)
 
     def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return self._intercept(continuation, details, requests, CLIENT_STREAM)
+        return self._intercept(continuation, details, requests, RpcKind.STREAM_UNARY)
 
     def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return self._intercept(continuation, details, requests, BIDI_STREAM)
+        return self._intercept(continuation, details, requests, RpcKind.STREAM_STREAM)
 
 
 def client_interceptors(

@@ -17,6 +17,8 @@ from typing import Final, Literal
 import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
+from telemetry.rpc_kind import GrpcType, RpcKind
+
 __all__ = [
     "BIDI_STREAM",
     "CLIENT_STREAM",
@@ -24,6 +26,7 @@ __all__ = [
     "SERVER_STREAM",
     "UNARY",
     "GrpcMetrics",
+    "GrpcType",
     "MethodMetrics",
     "RpcKind",
     "Side",
@@ -31,15 +34,14 @@ __all__ = [
     "split_method",
 ]
 
-RpcKind = Literal["unary", "client_stream", "server_stream", "bidi_stream"]
-"""The ``grpc_type`` label values, as go-grpc-prometheus spells them."""
 Side = Literal["client", "server"]
 
+#: The ``grpc_type`` label values (``RpcKind.grpc_type``). The metric methods take an
+#: :class:`RpcKind`; one of these labels is still accepted in its place.
 UNARY: Final = "unary"
 CLIENT_STREAM: Final = "client_stream"
 SERVER_STREAM: Final = "server_stream"
 BIDI_STREAM: Final = "bidi_stream"
-_KINDS: Final[tuple[RpcKind, ...]] = (UNARY, CLIENT_STREAM, SERVER_STREAM, BIDI_STREAM)
 
 # A local gRPC hop costs ~100 µs and a deadline is rarely above 10 s: roughly 2.5x steps
 # between the two keep the bucket count (and the exposition size per method) small.
@@ -106,7 +108,7 @@ class _MethodSeries:
     def __init__(
         self,
         metrics: GrpcMetrics,
-        kind: RpcKind,
+        kind: GrpcType,
         service: str,
         method: str,
         scope: tuple[str, ...] = (),
@@ -138,41 +140,47 @@ class MethodMetrics:
     def __init__(self, metrics: GrpcMetrics, scope: tuple[str, ...]) -> None:
         self._metrics = metrics
         self._scope = scope
-        self._series: dict[RpcKind, dict[str, _MethodSeries]] = {k: {} for k in _KINDS}
-        self._overflow: dict[RpcKind, _MethodSeries] = {}
+        # Keyed by kind and by its label (same table): one lookup per call either way.
+        self._series: dict[str, dict[str, _MethodSeries]] = {}
+        for kind in RpcKind:
+            self._series[kind] = self._series[kind.grpc_type] = {}
+        self._overflow: dict[str, _MethodSeries] = {}
 
-    def _get(self, method: str, kind: RpcKind) -> _MethodSeries:
+    def _get(self, method: str, kind: RpcKind | GrpcType) -> _MethodSeries:
         by_method = self._series[kind]
         series = by_method.get(method)
         if series is None:
+            label = kind.grpc_type if isinstance(kind, RpcKind) else kind
             metrics = self._metrics
             if metrics.reserve_method(method):
-                series = _MethodSeries(metrics, kind, *split_method(method), self._scope)
+                series = _MethodSeries(metrics, label, *split_method(method), self._scope)
                 by_method[method] = series
             else:
-                series = self._overflow.get(kind)
+                series = self._overflow.get(label)
                 if series is None:
                     unknown = (UNKNOWN_LABEL, UNKNOWN_LABEL)
-                    series = _MethodSeries(metrics, kind, *unknown, self._scope)
-                    self._overflow[kind] = series
+                    series = _MethodSeries(metrics, label, *unknown, self._scope)
+                    self._overflow[label] = series
         return series
 
-    def start(self, method: str, kind: RpcKind = UNARY) -> float:
+    def start(self, method: str, kind: RpcKind | GrpcType = RpcKind.UNARY_UNARY) -> float:
         """Count a started RPC; returns the start time to pass to :meth:`done`."""
         self._get(method, kind).started.inc()
         return time.perf_counter()
 
-    def done(self, method: str, kind: RpcKind, code: grpc.StatusCode, started_at: float) -> None:
+    def done(
+        self, method: str, kind: RpcKind | GrpcType, code: grpc.StatusCode, started_at: float
+    ) -> None:
         """Count a finished RPC with its status and observe its latency since ``started_at``."""
         series = self._get(method, kind)
         series.handled(code).inc()
         series.handling.observe(time.perf_counter() - started_at)
 
-    def received(self, method: str, kind: RpcKind, n: int = 1) -> None:
+    def received(self, method: str, kind: RpcKind | GrpcType, n: int = 1) -> None:
         """Count ``n`` messages received (requests on a server, responses on a client)."""
         self._get(method, kind).received.inc(n)
 
-    def sent(self, method: str, kind: RpcKind, n: int = 1) -> None:
+    def sent(self, method: str, kind: RpcKind | GrpcType, n: int = 1) -> None:
         """Count ``n`` messages sent (responses on a server, requests on a client)."""
         self._get(method, kind).sent.inc(n)
 
@@ -183,9 +191,9 @@ class GrpcMetrics:
     The direct API (``start`` / ``done`` / ``received`` / ``sent``) is what the interceptors use
     and what a raw proxy calls without any interceptor::
 
-        t0 = metrics.start("/pkg.Svc/Get", UNARY)
+        t0 = metrics.start("/pkg.Svc/Get", RpcKind.UNARY_UNARY)
         ...
-        metrics.done("/pkg.Svc/Get", UNARY, grpc.StatusCode.OK, t0)
+        metrics.done("/pkg.Svc/Get", RpcKind.UNARY_UNARY, grpc.StatusCode.OK, t0)
 
     Method names come from peers, so at most ``max_methods`` distinct names get their own
     series; later ones are counted under ``grpc_service="unknown", grpc_method="unknown"`` to

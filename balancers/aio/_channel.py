@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -22,6 +22,7 @@ from balancers._subchannel import (
 from balancers.aio._deferred import DEFERRED_BY_KIND
 from balancers.aio._retrying import RETRYING_BY_KIND
 from resolvers import Address
+from telemetry.rpc_kind import RpcKind
 
 CLOSED_MESSAGE = "Channel is closed."
 """What ``grpc.aio`` says (in a ``grpc.aio.UsageError``) about a call on a closed channel."""
@@ -38,7 +39,7 @@ class _MultiCallable:
     __slots__ = ("_core", "_info", "_kind", "_method", "_serializers")
 
     def __init__(
-        self, core: ChannelCore, kind: int, method: str, ser: Any, deser: Any, registered: bool
+        self, core: ChannelCore, kind: RpcKind, method: str, ser: Any, deser: Any, registered: bool
     ) -> None:
         self._core = core
         self._kind = kind
@@ -166,7 +167,12 @@ class BalancedChannel(ChannelMethods, grpc.aio.Channel):  # type: ignore[misc]
     still waiting for an endpoint when the channel closes is cancelled.
     """
 
-    _multicallable_types = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+    _multicallable_types: Mapping[RpcKind, type] = {
+        RpcKind.UNARY_UNARY: _UnaryUnary,
+        RpcKind.UNARY_STREAM: _UnaryStream,
+        RpcKind.STREAM_UNARY: _StreamUnary,
+        RpcKind.STREAM_STREAM: _StreamStream,
+    }
 
     def __init__(
         self,
@@ -183,12 +189,11 @@ class BalancedChannel(ChannelMethods, grpc.aio.Channel):  # type: ignore[misc]
         self._core = ChannelCore(target, self._make_subchannel, settings)
         self._multicallable_owner = self._core
         if settings.retry is not None:  # request-streaming calls are never retried
-            self._multicallable_types = (
-                _RetryingUnaryUnary,
-                _RetryingUnaryStream,
-                _StreamUnary,
-                _StreamStream,
-            )
+            self._multicallable_types = {
+                **self._multicallable_types,
+                RpcKind.UNARY_UNARY: _RetryingUnaryUnary,
+                RpcKind.UNARY_STREAM: _RetryingUnaryStream,
+            }
         self._options = channel_options(options, self._core.target)
         self._state_event: asyncio.Event | None = None  # made on the loop, when awaited
         self._core.add_state_watcher(self._on_core_state)

@@ -8,7 +8,7 @@ call API meanwhile. A failed pick looks exactly like a failed RPC (``AioRpcError
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from typing import Any
 
 import grpc
@@ -18,6 +18,7 @@ from balancers._base import PickFailed, PickInfo
 from balancers._calls import aio_call_code
 from balancers._core import CLOSED_DETAILS, ChannelClosed, ChannelCore
 from balancers._subchannel import endpoint
+from telemetry.rpc_kind import RpcKind
 
 
 class DeferredCall:
@@ -26,7 +27,7 @@ class DeferredCall:
     def __init__(
         self,
         core: ChannelCore,
-        kind: int,
+        kind: RpcKind,
         method: str,
         serializers: tuple[Any, Any, bool],
         request: Any,
@@ -68,7 +69,7 @@ class DeferredCall:
 
     async def _start_attempt(
         self,
-        kind: int,
+        kind: RpcKind,
         method: str,
         serializers: tuple[Any, Any, bool],
         request: Any,
@@ -292,9 +293,9 @@ class DeferredStreamStreamCall(DeferredCall, grpc.aio.StreamStreamCall):  # type
     """``grpc.aio.StreamStreamCall`` waiting for an endpoint."""
 
 
-DEFERRED_BY_KIND = (
-    DeferredUnaryUnaryCall,
-    DeferredUnaryStreamCall,
-    DeferredStreamUnaryCall,
-    DeferredStreamStreamCall,
-)
+DEFERRED_BY_KIND: Mapping[RpcKind, type[DeferredCall]] = {
+    RpcKind.UNARY_UNARY: DeferredUnaryUnaryCall,
+    RpcKind.UNARY_STREAM: DeferredUnaryStreamCall,
+    RpcKind.STREAM_UNARY: DeferredStreamUnaryCall,
+    RpcKind.STREAM_STREAM: DeferredStreamStreamCall,
+}

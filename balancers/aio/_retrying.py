@@ -9,7 +9,7 @@ attempt is retried on a fresh pick after a backoff, within the call's deadline.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
@@ -18,6 +18,7 @@ from grpc.aio import EOF, AioRpcError
 from balancers._core import ChannelCore
 from balancers._retry import RetryPolicy, deadline_details
 from balancers.aio._deferred import DeferredCall
+from telemetry.rpc_kind import RpcKind
 
 _NOTHING: Any = object()
 
@@ -143,4 +144,7 @@ class RetryingUnaryStreamCall(_RetryingCall, grpc.aio.UnaryStreamCall):  # type:
             yield message
 
 
-RETRYING_BY_KIND = (RetryingUnaryUnaryCall, RetryingUnaryStreamCall)
+RETRYING_BY_KIND: Mapping[RpcKind, type[RetryingUnaryUnaryCall | RetryingUnaryStreamCall]] = {
+    RpcKind.UNARY_UNARY: RetryingUnaryUnaryCall,
+    RpcKind.UNARY_STREAM: RetryingUnaryStreamCall,
+}

@@ -49,7 +49,7 @@ from sidecar.config import (
     ClusterTlsConfig,
     KeepaliveConfig,
     OutlierDetectionConfig,
-    RetryPolicy,
+    RetryConfig,
 )
 from sidecar.envoy._translate_common import (
     CLUSTER,
@@ -306,7 +306,7 @@ def _avoid_previous_hosts() -> Json:
     }
 
 
-def retry_policy(retry: RetryPolicy | None) -> Json:
+def retry_policy(retry: RetryConfig | None) -> Json:
     """The route ``retry_policy`` for a cluster's ``retry``: its codes and back-off, plus the
     transparent retries of calls that never reached the upstream (:data:`TRANSPARENT_RETRY_ON`,
     also without a policy: :data:`TRANSPARENT_RETRIES`, Envoy's default back-off).

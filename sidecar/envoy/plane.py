@@ -74,6 +74,7 @@ from sidecar.envoy.translate import (
 from sidecar.envoy.xds import Resource, Snapshot, XdsServer
 from sidecar.routing import Router
 from telemetry.clusters import ClusterCollector
+from telemetry.rpc_kind import RpcKind
 
 __all__ = ["EnvoyDataPlane"]
 
@@ -81,14 +82,6 @@ _LOG = logging.getLogger("meshkit.sidecar.envoy")
 
 #: The xDS node cluster of the sidecar's own Envoy (grpcio proxyless clients use other groups).
 NODE_CLUSTER = "meshkit-sidecar"
-#: A kind (``outbound.routes[].kind``, or learned) -> the ``grpc_type`` label
-#: (telemetry.metrics' names).
-_GRPC_TYPES = {
-    "unary_unary": "unary",
-    "unary_stream": "server_stream",
-    "stream_unary": "client_stream",
-    "stream_stream": "bidi_stream",
-}
 #: How long ``start`` waits for Envoy to be ready with the first snapshot.
 _READY_TIMEOUT = 30.0
 #: How often ``stop`` looks whether Envoy's requests in flight have ended.
@@ -251,7 +244,7 @@ class EnvoyDataPlane(DataPlane):
             kind = learned.kind(method)
             if kind is None:
                 learned.miss(method)  # called since the last round: look again (rate-limited)
-        return _GRPC_TYPES.get(kind or "", "bidi_stream")
+        return RpcKind(kind).grpc_type if kind else RpcKind.STREAM_STREAM.grpc_type
 
     def _admin_address(self) -> str | None:
         return self._envoy.admin_address if self._envoy is not None else None

@@ -50,7 +50,11 @@ async def test_thousand_concurrent_streams_hold_memory_flat(
 
     async with grpc.aio.insecure_channel(sidecar.outbound) as channel:
         stub = EchoStub(channel)
-        assert await _round(stub) == 2 * STREAMS  # warm-up
+        # Two warm-up rounds: the allocator's arenas and grpc's buffers reach their high-water
+        # mark over the first rounds (measured: 8 rounds after these grow the Python plane's
+        # RSS 1.12x, 3 rounds after one warm-up up to 1.27x): a leak keeps growing after that.
+        for _ in range(2):
+            assert await _round(stub) == 2 * STREAMS
         before = memory()
         for _ in range(ROUNDS):
             assert await _round(stub) == 2 * STREAMS

@@ -11,16 +11,16 @@ from typing import Any
 import grpc
 import pytest
 
+from balancers import RetryPolicy
 from sidecar.auth import INVALID_TOKEN, MISSING_TOKEN, TokenAuth
 from sidecar.proxy import (
     ProxyHandler,
-    RetryPolicy,
-    RpcKind,
     Upstream,
     server_options,
     upstream_channel_options,
 )
 from sidecar.routing import Router
+from telemetry.rpc_kind import RpcKind
 from tests.support.echo import EchoRequest, EchoServer, EchoStub, aiter_requests, start_echo_server
 
 SERVICE = "/meshkit.test.Echo/"

@@ -16,16 +16,16 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
+from balancers import RetryPolicy
 from sidecar.proxy import (
     ProxyHandler,
-    RetryPolicy,
-    RpcKind,
     Upstream,
     server_options,
     upstream_channel_options,
 )
 from sidecar.proxy_metrics import ProxyMetrics
 from sidecar.routing import Router
+from telemetry.rpc_kind import RpcKind
 from tests.support.echo import EchoRequest, EchoServer, EchoStub, aiter_requests, start_echo_server
 from tests.support.waiting import wait_until
 

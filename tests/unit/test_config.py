@@ -11,6 +11,7 @@ import grpc
 import pytest
 import yaml
 
+import balancers
 from sidecar.config import (
     REDACTED,
     ClusterConfig,
@@ -20,7 +21,7 @@ from sidecar.config import (
     HostPort,
     KeepaliveConfig,
     ListenAddress,
-    RetryPolicy,
+    RetryConfig,
     Route,
     ServerKeepaliveConfig,
     SidecarConfig,
@@ -162,13 +163,13 @@ def test_full_config_parses_every_field(full_dir: Path) -> None:
     assert inbound.auth is not None and inbound.auth.header == "authorization"
     assert inbound.keepalive.time == 7200.0 and inbound.keepalive.min_ping_interval == 10.0
     echo = config.clusters["echo"]
-    assert echo.retry == RetryPolicy(
+    assert echo.retry == RetryConfig(
         max_attempts=3,
         retryable_status_codes=("UNAVAILABLE",),
         initial_backoff=Duration(0.05),
         max_backoff=Duration(1),
     )
-    assert echo.retry.codes == {grpc.StatusCode.UNAVAILABLE}
+    assert echo.retry.policy().retryable_codes == {grpc.StatusCode.UNAVAILABLE}
     assert echo.outlier_detection is not None
     assert grpc.StatusCode.DEADLINE_EXCEEDED in echo.outlier_detection.codes
     assert echo.health_check is not None and echo.health_check.service == ""
@@ -588,7 +589,7 @@ def test_null_means_off_for_optional_sections_and_defaults_otherwise() -> None:
 
 def test_sections_validate_when_built_in_code_too() -> None:
     with pytest.raises(ConfigError) as caught:
-        RetryPolicy(max_attempts=7)
+        RetryConfig(max_attempts=7)
     assert caught.value.errors == [FieldError("max_attempts", "must be 2..5 (got 7)")]
     with pytest.raises(ConfigError):
         ClusterConfig(target="static:///127.0.0.1:1", lb_policy="nope")
@@ -851,9 +852,26 @@ def test_keepalive_grpc_options() -> None:
     assert all(isinstance(v, int) for _, v in server.to_grpc_options("server"))
 
 
-def test_retry_backoff_ceiling() -> None:
-    retry = RetryPolicy(initial_backoff=Duration(0.05), max_backoff=Duration(0.15))
-    assert [retry.backoff_ceiling(n) for n in (1, 2, 3)] == [0.05, 0.1, 0.15]
+def test_retry_section_gives_the_balancers_policy() -> None:
+    retry = RetryConfig(
+        max_attempts=4,
+        retryable_status_codes=("unavailable", "ABORTED"),
+        initial_backoff=Duration(0.05),
+        max_backoff=Duration(0.15),
+        backoff_multiplier=0.5,
+    )
+    assert retry.policy() == balancers.RetryPolicy(
+        max_attempts=4,
+        retryable_codes=frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}),
+        initial_backoff=0.05,
+        max_backoff=0.15,
+        backoff_multiplier=0.5,
+    )
+    policy = RetryConfig(initial_backoff=Duration(0.05), max_backoff=Duration(0.15)).policy()
+    assert [policy.backoff_ceiling(n) for n in (1, 2, 3)] == pytest.approx([0.05, 0.1, 0.15])
+    # the section's bounds are the policy's: every accepted extreme builds a policy
+    for attempts in (2, 5):
+        assert RetryConfig(max_attempts=attempts, backoff_multiplier=100).policy().max_attempts
 
 
 # --------------------------------------------------------------------------- dumps and warnings

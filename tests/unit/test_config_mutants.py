@@ -831,7 +831,7 @@ def test_names_are_normalized() -> None:
 
 
 def test_sections_built_in_code_check_every_field_after_the_first_bad_one() -> None:
-    from sidecar.config import HealthCheckConfig, KeepaliveConfig, RetryPolicy, TracingConfig
+    from sidecar.config import HealthCheckConfig, KeepaliveConfig, RetryConfig, TracingConfig
 
     def refused(build: Any, **fields: Any) -> list[str]:
         with pytest.raises(ConfigError) as caught:
@@ -845,7 +845,7 @@ def test_sections_built_in_code_check_every_field_after_the_first_bad_one() -> N
     assert refused(HealthCheckConfig, service="a\nb") == [
         "service: must not contain control characters (got '\\n' at 1)"
     ]
-    assert refused(RetryPolicy, backoff_multiplier=math.inf) == [
+    assert refused(RetryConfig, backoff_multiplier=math.inf) == [
         "backoff_multiplier: must be a finite number (got inf)"
     ]
     # a field its own checks already named is not named twice
@@ -855,9 +855,9 @@ def test_sections_built_in_code_check_every_field_after_the_first_bad_one() -> N
 
 
 def test_sections_built_in_code_are_normalized() -> None:
-    from sidecar.config import ClusterConfig, OutboundConfig, RetryPolicy, Route
+    from sidecar.config import ClusterConfig, OutboundConfig, RetryConfig, Route
 
-    retry = RetryPolicy(retryable_status_codes=["unavailable"])  # type: ignore[arg-type]
+    retry = RetryConfig(retryable_status_codes=["unavailable"])  # type: ignore[arg-type]
     assert retry.retryable_status_codes == ("UNAVAILABLE",)
     outbound = OutboundConfig(routes=[Route(prefix="/", cluster="a")])  # type: ignore[arg-type]
     assert outbound.routes == (Route(prefix="/", cluster="a"),)

@@ -12,7 +12,8 @@ from sidecar.app import descriptor_kinds, kind_sources
 from sidecar.clusters import Cluster, ClusterSet, build_router
 from sidecar.config import RPC_KINDS, ConfigError, parse_config
 from sidecar.method_kinds import MethodKinds
-from sidecar.proxy import RpcKind, Upstream
+from sidecar.proxy import Upstream
+from telemetry.rpc_kind import RpcKind
 
 
 def _raw(**route: Any) -> dict[str, Any]:

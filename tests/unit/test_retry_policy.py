@@ -30,7 +30,10 @@ def test_defaults_and_export() -> None:
         ({"initial_backoff": float("nan")}, "initial_backoff"),
         ({"initial_backoff": 2.0, "max_backoff": 1.0}, "max_backoff"),
         ({"max_backoff": "1"}, "max_backoff"),
-        ({"backoff_multiplier": 0.5}, "backoff_multiplier"),
+        ({"backoff_multiplier": 0}, "backoff_multiplier"),
+        ({"backoff_multiplier": 101}, "backoff_multiplier"),
+        ({"max_buffer_bytes": -1}, "max_buffer_bytes"),
+        ({"max_buffer_bytes": 1.5}, "max_buffer_bytes"),
     ],
 )
 def test_invalid_values_name_the_field(kwargs: dict[str, object], field: str) -> None:
@@ -76,7 +79,7 @@ def test_should_retry() -> None:
         ({"retryable_codes": frozenset({14})}, r"^retryable_codes: 14 is not a grpc\.StatusCode"),
         ({"max_attempts": 6}, r"^max_attempts: must be in 2\.\.5, got 6$"),
         ({"initial_backoff": 2.0, "max_backoff": 1.0}, r"^max_backoff: must be >= initial"),
-        ({"backoff_multiplier": 0.5}, r"^backoff_multiplier: must be >= 1, got 0\.5$"),
+        ({"backoff_multiplier": 0}, r"^backoff_multiplier: must be in \(0, 100\], got 0$"),
     ],
 )
 def test_errors_start_with_the_field_and_say_what_is_allowed(
@@ -102,3 +105,13 @@ def test_boundary_values_are_accepted() -> None:
     assert constant.backoff_ceiling(4) == pytest.approx(0.1)  # multiplier 1: no growth
     one = RetryPolicy(initial_backoff=1, max_backoff=5)
     assert [one.backoff_ceiling(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 5]
+
+
+def test_the_config_bounds_are_the_library_bounds() -> None:
+    """What the sidecar's ``retry`` section accepts, the policy accepts: a shrinking backoff
+    (0 < multiplier < 1, as gRPC allows) and the extremes of every range."""
+    shrinking = RetryPolicy(initial_backoff=0.4, max_backoff=1.0, backoff_multiplier=0.5)
+    assert [shrinking.backoff_ceiling(n) for n in (1, 2, 3)] == pytest.approx([0.4, 0.2, 0.1])
+    widest = RetryPolicy(max_attempts=5, backoff_multiplier=100, max_buffer_bytes=0)
+    assert (widest.backoff_multiplier, widest.max_buffer_bytes) == (100, 0)
+    assert RetryPolicy().max_buffer_bytes == 256 * 1024
