@@ -28,7 +28,6 @@ one ``write(2)``: a reader that stops draining a stdout pipe stalls the relay.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
 import os
@@ -39,6 +38,7 @@ from typing import Any
 import grpc
 
 from sidecar.authz import wrap_behavior
+from sidecar.proxy_telemetry import call_end_code
 
 __all__ = [
     "FIELDS",
@@ -155,23 +155,17 @@ def _logged(
         counts = _CountingContext(context)
         if streaming_request:
             request = _counted(request, counts)
-        code: grpc.StatusCode | None = None
+        error: BaseException | None = None
         try:
             result = await behavior(request, counts)
             if isinstance(result, bytes):
                 counts.sent += len(result) + _FRAME
             return result
-        except asyncio.CancelledError:
-            remaining = context.time_remaining()
-            expired = remaining is not None and remaining <= 0
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-            raise
-        except BaseException:
-            code = context.code() or grpc.StatusCode.UNKNOWN
+        except BaseException as exc:
+            error = exc
             raise
         finally:
-            if code is None:
-                code = context.code() or grpc.StatusCode.OK
+            code = call_end_code(context, error)
             forwarded = code is grpc.StatusCode.OK or counts.received or counts.sent
             log.write(
                 {

@@ -30,7 +30,7 @@ from telemetry.tracing import (
 if TYPE_CHECKING:
     from sidecar.proxy import Metadata, Upstream
 
-__all__ = ["CallStats", "RelayPath", "Scope", "end_attempt", "observed"]
+__all__ = ["CallStats", "RelayPath", "Scope", "call_end_code", "end_attempt", "observed"]
 
 #: A relay path of :class:`sidecar.relay.Relay` (``unary_response``/``stream_response``).
 RelayPath = Callable[..., Awaitable[Any]]
@@ -122,24 +122,34 @@ async def observed(
     span: trace.Span | None = None
     if tracer is not None:
         span, headers = _start_span(tracer, method, headers, context)
-    code: grpc.StatusCode | None = None
+    error: BaseException | None = None
     try:
         return await relay(upstream, method, headers, kind, None, context, stats)
-    except asyncio.CancelledError:
-        remaining = context.time_remaining()
-        expired = remaining is not None and remaining <= 0
-        code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-        raise
-    except BaseException:
-        code = context.code() or grpc.StatusCode.UNKNOWN
+    except BaseException as exc:
+        error = exc
         raise
     finally:
-        if code is None:
-            code = context.code() or grpc.StatusCode.OK
+        code = call_end_code(context, error)
         if scope is not None:
             scope.record(method, grpc_type, code, started, stats)
         if span is not None:
             end_rpc_span(span, code, context.details(), server=True)
+
+
+def call_end_code(
+    context: grpc.aio.ServicerContext, error: BaseException | None
+) -> grpc.StatusCode:
+    """The status a handled call ended with: a cancelled handler is DEADLINE_EXCEEDED when the
+    caller's deadline has passed, else CANCELLED; otherwise the status set on the context
+    (UNKNOWN when an exception escaped without one, OK when none was set)."""
+    if isinstance(error, asyncio.CancelledError):
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+    code = context.code()
+    if code is not None:
+        return code
+    return grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK
 
 
 def _start_span(
