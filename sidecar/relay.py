@@ -142,35 +142,10 @@ class Relay:
             request = await _single_request(context)
             if stats is not None:
                 stats.requests = 1
-        timeout = self._timeout(upstream, context)
-        headers = self._headers(headers, context)
-        multicallable = self._callable(upstream.channel, method, kind)
-        streaming = kind is RpcKind.STREAM_UNARY
-        replay = (
-            RequestReplay(context, upstream.retry.max_buffer_bytes, stats)
-            if streaming and upstream.retry is not None
-            else None
-        )
-        if streaming and replay is None and stats is not None:
-            request = _counted_requests(context, stats)
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        attempt = 0
+        attempts = self._attempts(upstream, method, headers, kind, request, context, stats)
+        streaming = attempts.streaming
         while True:
-            attempt += 1
-            if replay is not None:
-                request = replay.next_attempt()
-            call, span = self._start(
-                multicallable,
-                request,
-                deadline,
-                headers,
-                upstream,
-                context,
-                method,
-                attempt,
-                stats,
-                guarded=streaming,
-            )
+            call, span = attempts.start()
             if call is None:
                 return None
             guard = StatusGuard(call) if streaming else None
@@ -186,8 +161,8 @@ class Relay:
                 end_attempt(span, error.code(), error.details() or "")
                 initial = error.initial_metadata()
                 failure = AttemptFailed(error, answered=bool(initial))
-                if (replay is None or replay.replayable) and await retry_wait(
-                    upstream.retry, upstream.name, attempt, failure, deadline
+                if (attempts.replay is None or attempts.replay.replayable) and await retry_wait(
+                    upstream.retry, upstream.name, attempts.attempt, failure, attempts.deadline
                 ):
                     continue
                 _raise_if_caller_gone(context)
@@ -234,35 +209,10 @@ class Relay:
             request = await _single_request(context)
             if stats is not None:
                 stats.requests = 1
-        timeout = self._timeout(upstream, context)
-        headers = self._headers(headers, context)
-        multicallable = self._callable(upstream.channel, method, kind)
-        streaming = kind is RpcKind.STREAM_STREAM
-        replay = (
-            RequestReplay(context, upstream.retry.max_buffer_bytes, stats)
-            if streaming and upstream.retry is not None
-            else None
-        )
-        if streaming and replay is None and stats is not None:
-            request = _counted_requests(context, stats)
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        attempt = 0
+        attempts = self._attempts(upstream, method, headers, kind, request, context, stats)
+        streaming = attempts.streaming
         while True:
-            attempt += 1
-            if replay is not None:
-                request = replay.next_attempt()
-            call, span = self._start(
-                multicallable,
-                request,
-                deadline,
-                headers,
-                upstream,
-                context,
-                method,
-                attempt,
-                stats,
-                guarded=streaming,
-            )
+            call, span = attempts.start()
             if call is None:
                 return None
             try:
@@ -271,8 +221,8 @@ class Relay:
                 return
             except AttemptFailed as failure:
                 end_attempt(span, failure.error.code(), failure.error.details() or "")
-                if (replay is None or replay.replayable) and await retry_wait(
-                    upstream.retry, upstream.name, attempt, failure, deadline
+                if (attempts.replay is None or attempts.replay.replayable) and await retry_wait(
+                    upstream.retry, upstream.name, attempts.attempt, failure, attempts.deadline
                 ):
                     continue
                 error = failure.error
@@ -293,6 +243,42 @@ class Relay:
                 end_attempt(span, grpc.StatusCode.INTERNAL, repr(exc))
                 self._internal(context, method, exc)
                 return
+
+    def _attempts(
+        self,
+        upstream: Upstream,
+        method: str,
+        headers: Metadata,
+        kind: RpcKind,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        stats: CallStats | None,
+    ) -> _Attempts:
+        """What every attempt of one call shares: deadline, headers, the multicallable and,
+        for a streaming request with a retry policy, the replay buffer."""
+        timeout = self._timeout(upstream, context)
+        streaming = kind.request_streaming
+        replay = (
+            RequestReplay(context, upstream.retry.max_buffer_bytes, stats)
+            if streaming and upstream.retry is not None
+            else None
+        )
+        if streaming and replay is None and stats is not None:
+            request = _counted_requests(context, stats)
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        return _Attempts(
+            self,
+            upstream,
+            method,
+            self._headers(headers, context),
+            self._callable(upstream.channel, method, kind),
+            request,
+            context,
+            stats,
+            streaming,
+            replay,
+            deadline,
+        )
 
     def _start(
         self,
@@ -378,3 +364,67 @@ class Relay:
             trailing = await guard.trailing_metadata(call)
         if trailing:
             context.set_trailing_metadata(trailing)
+
+
+class _Attempts:
+    """The attempts of one call: :meth:`start` begins the next one (see ``Relay._start``)."""
+
+    __slots__ = (
+        "attempt",
+        "context",
+        "deadline",
+        "headers",
+        "method",
+        "multicallable",
+        "relay",
+        "replay",
+        "request",
+        "stats",
+        "streaming",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        relay: Relay,
+        upstream: Upstream,
+        method: str,
+        headers: Metadata,
+        multicallable: Any,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        stats: CallStats | None,
+        streaming: bool,
+        replay: RequestReplay | None,
+        deadline: float | None,
+    ) -> None:
+        self.relay = relay
+        self.upstream = upstream
+        self.method = method
+        self.headers = headers
+        self.multicallable = multicallable
+        self.request = request
+        self.context = context
+        self.stats = stats
+        self.streaming = streaming
+        self.replay = replay
+        self.deadline = deadline
+        self.attempt = 0
+
+    def start(self) -> tuple[Any, ClientAttempt | None]:
+        """The next attempt's upstream call and span (``None`` call: the channel is closed)."""
+        self.attempt += 1
+        if self.replay is not None:
+            self.request = self.replay.next_attempt()
+        return self.relay._start(
+            self.multicallable,
+            self.request,
+            self.deadline,
+            self.headers,
+            self.upstream,
+            self.context,
+            self.method,
+            self.attempt,
+            self.stats,
+            guarded=self.streaming,
+        )

@@ -13,6 +13,7 @@ Endpoint rules (the same for traces and metrics, for the Python exporters and fo
 
 from __future__ import annotations
 
+import importlib
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -104,6 +105,39 @@ def parse_headers(text: str) -> dict[str, str]:
     return headers
 
 
+#: The exporter classes per signal and protocol (module, class), imported when first used:
+#: they pull in protobuf stubs (and ``requests`` for HTTP), only needed when exporting.
+_EXPORTERS: Mapping[tuple[Signal, str], tuple[str, str]] = {
+    ("traces", GRPC): ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "OTLPSpanExporter"),
+    ("traces", HTTP_PROTOBUF): (
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        "OTLPSpanExporter",
+    ),
+    ("metrics", GRPC): (
+        "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+        "OTLPMetricExporter",
+    ),
+    ("metrics", HTTP_PROTOBUF): (
+        "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+        "OTLPMetricExporter",
+    ),
+}
+
+
+def _exporter(
+    signal: Signal, endpoint: str, protocol: str, headers: Mapping[str, str] | None, timeout: float
+) -> Any:
+    target = otlp_target(endpoint, protocol, signal)
+    module, name = _EXPORTERS[signal, GRPC if protocol == GRPC else HTTP_PROTOBUF]
+    exporter_class = getattr(importlib.import_module(module), name)
+    sent = dict(headers or {}) or None
+    if protocol == GRPC:
+        return exporter_class(
+            endpoint=target.authority, insecure=not target.secure, headers=sent, timeout=timeout
+        )
+    return exporter_class(endpoint=target.url, headers=sent, timeout=timeout)
+
+
 def span_exporter(
     endpoint: str,
     protocol: str = GRPC,
@@ -111,27 +145,8 @@ def span_exporter(
     *,
     timeout: float = _DEFAULT_TIMEOUT,
 ) -> Any:
-    """An OTLP ``SpanExporter`` for ``endpoint`` over ``protocol`` with ``headers``.
-
-    The exporters are imported here: they pull in protobuf stubs (and ``requests`` for HTTP),
-    only needed when exporting.
-    """
-    target = otlp_target(endpoint, protocol, "traces")
-    sent = dict(headers or {})
-    if protocol == GRPC:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter(
-            endpoint=target.authority,
-            insecure=not target.secure,
-            headers=sent or None,
-            timeout=timeout,
-        )
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpSpanExporter,
-    )
-
-    return HttpSpanExporter(endpoint=target.url, headers=sent or None, timeout=timeout)
+    """An OTLP ``SpanExporter`` for ``endpoint`` over ``protocol`` with ``headers``."""
+    return _exporter("traces", endpoint, protocol, headers, timeout)
 
 
 def metric_exporter(
@@ -142,22 +157,7 @@ def metric_exporter(
     timeout: float = _DEFAULT_TIMEOUT,
 ) -> Any:
     """An OTLP ``MetricExporter`` (cumulative temporality), as :func:`span_exporter`."""
-    target = otlp_target(endpoint, protocol, "metrics")
-    sent = dict(headers or {})
-    if protocol == GRPC:
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-        return OTLPMetricExporter(
-            endpoint=target.authority,
-            insecure=not target.secure,
-            headers=sent or None,
-            timeout=timeout,
-        )
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-        OTLPMetricExporter as HttpMetricExporter,
-    )
-
-    return HttpMetricExporter(endpoint=target.url, headers=sent or None, timeout=timeout)
+    return _exporter("metrics", endpoint, protocol, headers, timeout)
 
 
 # -- the standard OTEL_* variables --------------------------------------------------------------
