@@ -30,6 +30,7 @@ from balancers._base import (
     Subchannel,
     SubchannelState,
 )
+from health.watch import HealthVerdict
 from resolvers import Address
 from telemetry.rpc_kind import RpcKind
 
@@ -48,12 +49,6 @@ def grpc_target(address: Address) -> str:
         return f"ipv6:{address}" if ":" in address.host else f"ipv4:{address}"
     # A host name from a static list: grpcio's own resolver turns it into addresses once.
     return f"dns:///{address}"
-
-
-def _health_pending() -> Any:
-    from health.watch import HealthVerdict
-
-    return HealthVerdict.PENDING
 
 
 def endpoint(subchannel: Subchannel) -> EndpointSubchannel:
@@ -83,7 +78,9 @@ class EndpointSubchannel:
         self._on_done = on_done
         self._raw: Connectivity = IDLE
         self._raw_reason = ""
-        self._health: Any = None if health_service is None else _health_pending()
+        self._health: HealthVerdict | None = (
+            None if health_service is None else HealthVerdict.PENDING
+        )
         self._health_reason = ""
         self._ejected = False
         self._state = SubchannelState(IDLE)
@@ -105,7 +102,7 @@ class EndpointSubchannel:
     @property
     def health(self) -> str:
         """The health-check verdict's name, or ``"off"``."""
-        return "off" if self._health is None else str(self._health.name).lower()
+        return "off" if self._health is None else self._health.name.lower()
 
     @property
     def ejected(self) -> bool:
@@ -166,7 +163,7 @@ class EndpointSubchannel:
             self._stop_health()
         self._publish()
 
-    def _set_health(self, verdict: Any, reason: str) -> None:
+    def _set_health(self, verdict: HealthVerdict, reason: str) -> None:
         if self._closed or self._health is None:
             return
         self._health = verdict
@@ -177,10 +174,9 @@ class EndpointSubchannel:
         if self._raw is not READY:
             return SubchannelState(self._raw, self._raw_reason)
         if self._health is not None:
-            name = self._health.name
-            if name == "PENDING":
+            if self._health is HealthVerdict.PENDING:
                 return SubchannelState(CONNECTING, f"endpoint {self.address}: health pending")
-            if name == "UNHEALTHY":
+            if self._health is HealthVerdict.UNHEALTHY:
                 return SubchannelState(
                     TRANSIENT_FAILURE,
                     f"endpoint {self.address} unhealthy: {self._health_reason}",
@@ -199,7 +195,7 @@ class EndpointSubchannel:
 
     def _start_health(self) -> None:
         if self._health is not None:
-            self._health = _health_pending()
+            self._health = HealthVerdict.PENDING
             self._start_health_watch()
 
     def _stop_health(self) -> None:
@@ -319,7 +315,7 @@ class SyncSubchannel(EndpointSubchannel):
         stop = threading.Event()
         self._health_stop = stop
 
-        def on_change(verdict: Any, reason: str) -> None:
+        def on_change(verdict: HealthVerdict, reason: str) -> None:
             if not stop.is_set():
                 self._loop.call_soon_threadsafe(self._set_health, verdict, reason)
 
