@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 
 from sidecar.app import Sidecar
 from sidecar.config import ConfigError, SidecarConfig, load_config, parse_config
+
+# Reaches inside: the codes Envoy can retry on decide which random configs the Envoy plane takes.
 from sidecar.envoy._translate_clusters import RETRY_ON
 from sidecar.envoy.translate import unsupported
 from tests.faults.conftest import Figures, skip_without_plane

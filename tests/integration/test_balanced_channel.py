@@ -13,9 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import balancers
 import balancers.aio
-from balancers._base import READY
 from tests.support.echo import EchoRequest, EchoServer, EchoStub, aiter_requests, start_echo_server
 from tests.support.waiting import wait_until
+
+READY = grpc.ChannelConnectivity.READY
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,10 +14,11 @@ from grpc_health.v1 import health_pb2
 
 import balancers
 import balancers.aio
-from balancers._base import READY
 from health import OutlierConfig
 from tests.support.echo import EchoRequest, EchoServer, EchoStub, start_echo_server
 from tests.support.waiting import wait_until, wait_until_sync
+
+READY = grpc.ChannelConnectivity.READY
 
 pytestmark = pytest.mark.timeout(60)
 

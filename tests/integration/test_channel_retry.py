@@ -13,9 +13,10 @@ import pytest
 
 import balancers
 import balancers.aio
-from balancers._base import READY
 from tests.support.echo import EchoRequest, EchoServer, EchoStub, start_echo_server
 from tests.support.waiting import wait_until
+
+READY = grpc.ChannelConnectivity.READY
 
 pytestmark = pytest.mark.timeout(60)
 

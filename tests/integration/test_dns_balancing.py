@@ -19,11 +19,12 @@ import pytest
 
 import balancers
 import balancers.aio
-from balancers._base import READY
 from tests.support.backends import add_on_port, start_same_port
 from tests.support.dns_server import DnsServer
 from tests.support.echo import EchoRequest, EchoServer, EchoStub
 from tests.support.waiting import wait_until, wait_until_sync
+
+READY = grpc.ChannelConnectivity.READY
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -9,6 +9,8 @@ import pytest
 
 import resolvers
 from resolvers import Resolver, ResolverOptions
+
+# Reaches inside: the error type resolvers report to listeners is the polling engine's own.
 from resolvers._polling import ResolutionError
 from tests.support.dns_server import DnsServer, RecordingListener
 

@@ -20,13 +20,14 @@ import yaml
 
 import balancers
 import balancers.aio
-from balancers._base import READY
 from sidecar import cli
 from sidecar.clusters import Cluster
 from sidecar.config import parse_config
 from tests.support.dns_server import DnsServer
 from tests.support.echo import EchoRequest, EchoServicer, EchoStub, echo_pb2_grpc
 from tests.support.waiting import wait_until, wait_until_sync
+
+READY = grpc.ChannelConnectivity.READY
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -22,6 +22,8 @@ from sidecar.authz import (
     spiffe_id_problem,
 )
 from sidecar.config import ConfigError, SidecarConfig, parse_config
+
+# Reaches inside: the RBAC filter Envoy gets is checked against the Python plane's rule.
 from sidecar.envoy._translate_listeners import (
     ACCESS_LOG_FORMAT,
     HEALTH_PREFIX,

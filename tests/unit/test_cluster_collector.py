@@ -10,6 +10,8 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from balancers import SubchannelState
+
+# Reaches inside: the real ChannelCore.snapshot runs over fake cores (no sockets).
 from balancers._core import ChannelCore
 from telemetry.clusters import ClusterCollector, clusters_snapshot
 

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from sidecar import _config_parse
+
+# Reaches inside: how a hostile value is shown in an error is the unit under test.
 from sidecar._config_values import show as show_value
 from sidecar.config import REDACTED, ConfigError, FieldError, load_config, parse_config
 

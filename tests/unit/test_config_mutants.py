@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from sidecar import _config_parse
+
+# Reaches inside: unit tests of the config value types (durations, addresses) themselves.
 from sidecar._config_values import (
     ConfigError,
     Duration,

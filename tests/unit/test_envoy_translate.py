@@ -17,6 +17,8 @@ from sidecar.access_log import FIELDS
 from sidecar.auth import INVALID_TOKEN, MISSING_TOKEN, Metadata
 from sidecar.config import SidecarConfig, parse_config
 from sidecar.envoy import protos
+
+# Reaches inside: durations are spelt as Envoy expects them in the expected resources.
 from sidecar.envoy._translate_common import duration
 from sidecar.envoy.translate import (
     CLUSTER,

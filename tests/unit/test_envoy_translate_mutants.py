@@ -14,6 +14,8 @@ import pytest
 from sidecar.auth import MISSING_TOKEN
 from sidecar.config import AuthConfig, SidecarConfig, parse_config
 from sidecar.envoy import protos
+
+# Reaches inside: the regexes the token and identity checks become are the unit under test.
 from sidecar.envoy._translate_listeners import shaped_pattern, token_pattern
 from sidecar.envoy.translate import (
     CLUSTER,

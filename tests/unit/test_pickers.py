@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import balancers
+
+# Reaches inside: the policy contract (pickers, states) is unit-tested without a channel.
 from balancers._base import (
     CONNECTING,
     IDLE,

@@ -14,6 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resolvers import Address, ResolverOptions, ResolverState
+
+# Reaches inside: unit tests of the polling engine every resolver is built on.
 from resolvers._polling import (
     LookupResult,
     PollingResolver,

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 import resolvers
+
+# Reaches inside: the grpcio target and options a subchannel gets are internal by design.
 from balancers._core import channel_options
 from balancers._subchannel import grpc_target
 from resolvers import Address, ResolverOptions, ResolverState, Target

@@ -19,6 +19,8 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 
 from sidecar.config import ConfigError, SidecarConfig, TracingConfig, parse_config
+
+# Reaches inside: the Envoy tracer config must follow the same OTLP rules as the library.
 from sidecar.envoy._translate_listeners import _tracing, otlp_cluster
 from telemetry import (
     GrpcMetrics,
